@@ -1,0 +1,176 @@
+"""The typed recipe schema. Every field is documented where it is declared; the docstrings
+are the reference for recipe authors (``posttrain schema`` prints them).
+
+Stage-specific configs (``SFTConfig``, ``DPOConfig``, ...) subclass ``TrainStageConfig``
+and live beside their runners in ``posttrain/stages/``; they are looked up by stage name
+through ``posttrain.stages.registry``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow", ".csv")
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors, docstrings are field docs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """Where the first stage's weights come from."""
+
+    name_or_path: str = "tiny"
+    """A hub id (``allenai/OLMo-2-0425-1B``), a local ``save_pretrained`` folder, or ``tiny``
+    to create the project's tiny OLMo-2 from ``init_seed`` (nothing is downloaded)."""
+    revision: str | None = None
+    """Hub revision: a branch, tag or commit; OLMo names intermediate checkpoints
+    ``stepN-tokensMB``."""
+    init_seed: int = 0
+    """Seed for the tiny model's random weights (``name_or_path: tiny`` only)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight and compute dtype; ``auto`` is bf16 on a GPU that has it, fp32 on a CPU."""
+
+    @model_validator(mode="after")
+    def _local_folder_exists(self):
+        p = self.name_or_path
+        looks_local = p.startswith((".", "/", "~")) or (Path(p).suffix == "" and Path(p).exists())
+        if p != "tiny" and looks_local and not Path(p).expanduser().is_dir():
+            raise ValueError(f"name_or_path: no model folder at {p!r}")
+        return self
+
+
+class LoraConfig(Strict):
+    """Train a LoRA adapter instead of all weights (peft)."""
+
+    r: int = Field(16, gt=0)
+    """Rank of the update matrices."""
+    alpha: int = Field(32, gt=0)
+    """Scaling numerator: updates are scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Names of the linear layers that get adapters."""
+
+
+class DataSource(Strict):
+    """One dataset in a mixture."""
+
+    path: str
+    """A local JSONL / JSON / Parquet / Arrow / CSV file, or a hub dataset name."""
+    amount: float | int = 1.0
+    """How much of it to use, as open-instruct's mixer: a number with a decimal point is a
+    fraction of the dataset (above 1.0 upsamples), an integer is a row count."""
+    split: str = "train"
+    """Split to read from a hub dataset."""
+
+    @field_validator("path")
+    @classmethod
+    def _local_file_exists(cls, v: str) -> str:
+        if v.endswith(LOCAL_DATA_SUFFIXES) and not Path(v).expanduser().exists():
+            raise ValueError(f"no such data file: {v}")
+        return v
+
+    @field_validator("amount")
+    @classmethod
+    def _positive(cls, v):
+        if v <= 0:
+            raise ValueError("amount must be > 0 (a fraction like 0.5, or a row count like 1000)")
+        return v
+
+
+class TrainStageConfig(Strict):
+    """Hyperparameters every training stage shares."""
+
+    train_data: list[DataSource]
+    """The training mixture."""
+    eval_data: list[DataSource] = []
+    """Held-out data for the loss reported every ``eval_steps``."""
+    learning_rate: float = Field(gt=0)
+    """Peak learning rate of AdamW."""
+    num_epochs: float = Field(1.0, gt=0)
+    """Passes over the training mixture (fractions allowed)."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps (overrides num_epochs)."""
+    per_device_batch_size: int = Field(8, gt=0)
+    """Examples per forward pass on each device."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Forward passes summed into one optimizer step."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Fraction of steps over which the learning rate rises linearly from 0."""
+    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    """Shape of the learning rate after warmup."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; null disables clipping."""
+    max_length: int = Field(2048, gt=1)
+    """Longest tokenized example, in tokens."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    lora: LoraConfig | None = None
+    """Train a LoRA adapter instead of all weights."""
+    logging_steps: int = Field(10, gt=0)
+    """Write training metrics every N optimizer steps."""
+    eval_steps: int | None = Field(None, gt=0)
+    """Compute held-out loss every N optimizer steps (and at the end) when eval_data is set."""
+    save_steps: int | None = Field(None, gt=0)
+    """Write a resumable checkpoint every N optimizer steps (one is always written at the end)."""
+    keep_last: int = Field(2, gt=0)
+    """Keep only the newest K step checkpoints."""
+    seed: int | None = None
+    """Seed for shuffling, dropout and sampling; defaults to the recipe's seed."""
+
+
+class MetricsConfig(Strict):
+    """Where metrics go besides the per-stage JSONL file, which is always written."""
+
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the ``tensorboard`` extra)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the ``wandb`` extra and a login)."""
+    wandb_project: str = "posttrain"
+    """W&B project name."""
+
+
+class EvalConfig(Strict):
+    """Verifier-scored greedy evaluation on held-out prompts after every stage."""
+
+    data: str
+    """JSONL with ``messages`` or ``prompt``, ``dataset`` and ``ground_truth`` per row."""
+    max_new_tokens: int = Field(128, gt=0)
+    """Generation budget per prompt."""
+    batch_size: int = Field(64, gt=0)
+    """Prompts per generation batch."""
+    limit: int | None = Field(None, gt=0)
+    """Use only the first N rows."""
+
+    @field_validator("data")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if not Path(v).expanduser().exists():
+            raise ValueError(f"no such data file: {v}")
+        return v
+
+
+class Recipe(Strict):
+    """A whole post-training run: a model, its stages in order, and where results go."""
+
+    output_dir: str
+    """Run directory: one folder per stage, the resolved recipe, metrics."""
+    seed: int = 0
+    """Default seed of every stage."""
+    model: ModelConfig = ModelConfig()
+    """The starting weights."""
+    stages: dict[str, TrainStageConfig]
+    """Stages by name (``sft``, ``dpo``, ``rlvr``), run in the order written; each starts
+    from the previous one's output."""
+    eval: EvalConfig | None = None
+    """Evaluate with the verifiers after each stage."""
+    metrics: MetricsConfig = MetricsConfig()
+    """Extra metric sinks."""

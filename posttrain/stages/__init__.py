@@ -1,0 +1,6 @@
+"""Stage runners: each is a short wiring of data, loss, optimizer step, checkpoint and
+metrics. Importing this package registers every built-in stage."""
+
+from posttrain.stages.registry import get_stage, register_stage, stage_names
+
+__all__ = ["get_stage", "register_stage", "stage_names"]
