@@ -1,0 +1,352 @@
+"""Score many rows with verifiers, in parallel worker processes.
+
+A row is a dict with ``response``, ``dataset`` (a verifier name or a list of names),
+``ground_truth`` (a value, or a list matching ``dataset``) and optional ``prompt``.
+With several verifiers on a row its score is their weighted mean (weights default to 1),
+then times ``multiplier``.
+
+Each (row, verifier) pair is one *call*. Calls are sent to worker processes in batches
+(no process per row). A worker reports each call's result as soon as it has it, so the
+parent knows which call a worker is on. A call that raises scores 0 with the exception as
+its reason; a call that runs past ``timeout`` seconds gets its worker killed, and a call
+during which the worker dies (``os._exit``, a segfault, the OOM killer) scores 0 too. In
+both cases the rest of that worker's batch goes back to the queue and a new worker is
+forked: the run goes on. ``ScoreResults`` counts errors, timeouts and crashes.
+
+Workers are forked (where the platform allows) so verifiers registered at run time with
+``register_verifier`` are available in them, and ``math_verify`` is imported once, before
+the fork.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Iterable, Sequence
+
+from .registry import VerifierResult, call_verifier, get_verifier
+
+DEFAULT_TIMEOUT = 30.0
+_MAX_BATCH = 32
+
+OK, ERROR, TIMEOUT, CRASH = 0, 1, 2, 3
+
+
+class ScoreResults(list):
+    """A ``list[VerifierResult]`` (one per row, in input order) plus counters.
+
+    ``n_errors`` counts verifier calls that raised or returned something invalid,
+    ``n_timeouts`` calls that ran past the timeout, ``n_crashes`` calls whose worker died.
+    """
+
+    def __init__(self, items: Iterable[VerifierResult] = (), n_errors: int = 0, n_timeouts: int = 0, n_crashes: int = 0):
+        super().__init__(items)
+        self.n_errors = n_errors
+        self.n_timeouts = n_timeouts
+        self.n_crashes = n_crashes
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.score for r in self]
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_errors + self.n_timeouts + self.n_crashes
+
+
+def _row_calls(i: int, row: Any) -> list[tuple[str, Any]]:
+    """[(verifier name, ground truth), ...] for one row; ValueError if malformed."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row {i}: expected an object, got {type(row).__name__}")
+    for key in ("response", "dataset", "ground_truth"):
+        if key not in row:
+            raise ValueError(f"row {i}: missing field {key!r}")
+    if not isinstance(row["response"], str):
+        raise ValueError(f"row {i}: 'response' must be a string")
+    prompt = row.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"row {i}: 'prompt' must be a string or null")
+    dataset, gt = row["dataset"], row["ground_truth"]
+    if isinstance(dataset, str):
+        return [(dataset, gt)]
+    if not isinstance(dataset, (list, tuple)) or not dataset or not all(isinstance(d, str) for d in dataset):
+        raise ValueError(f"row {i}: 'dataset' must be a verifier name or a non-empty list of names")
+    if len(dataset) == 1:
+        if isinstance(gt, (list, tuple)) and len(gt) == 1:
+            gt = gt[0]
+        return [(dataset[0], gt)]
+    if isinstance(gt, str):
+        import json
+
+        try:
+            gt = json.loads(gt)
+        except ValueError:
+            pass
+    if not isinstance(gt, (list, tuple)) or len(gt) != len(dataset):
+        n = len(gt) if isinstance(gt, (list, tuple)) else 1
+        raise ValueError(f"row {i}: 'dataset' has {len(dataset)} names but 'ground_truth' has {n} values")
+    return list(zip(dataset, gt))
+
+
+def _run_call(cache: dict, name: str, response: str, gt: Any, prompt: str | None) -> tuple[float, str | None, int]:
+    try:
+        fn = cache.get(name)
+        if fn is None:
+            fn = cache[name] = get_verifier(name)
+        res = call_verifier(fn, response, gt, prompt)
+        return res.score, res.reason, OK
+    except BaseException as e:  # noqa: BLE001 - a verifier may raise anything, even SystemExit
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return 0.0, f"error: {type(e).__name__}: {msg}"[:500], ERROR
+
+
+def _set_pdeathsig() -> None:
+    """Die if the parent dies (Linux), so no worker outlives a killed scoring run."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _worker_main(conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_pdeathsig()
+    cache: dict = {}
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            break
+        if batch is None:
+            break
+        for cid, name, response, gt, prompt in batch:
+            score, reason, kind = _run_call(cache, name, response, gt, prompt)
+            conn.send((cid, score, reason, kind))
+    os._exit(0)  # skip atexit handlers inherited from the parent
+
+
+class _Worker:
+    def __init__(self, ctx):
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        self.proc.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.pending: deque = deque()
+        self.batch: list = []
+        self.last = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except Exception:
+            pass
+        self.proc.join(5)
+        self.conn.close()
+
+
+class Scorer:
+    """A pool of verifier worker processes, kept between :meth:`score` calls.
+
+    ``with Scorer(workers=4, timeout=30) as s: results = s.score(rows)``. The RLVR loop
+    keeps one so that each batch does not pay for starting processes. ``workers=0`` runs
+    in this process (no timeout or crash protection; for debugging).
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, mp_context: str | None = None):
+        self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if timeout is None or timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = float(timeout)
+        if mp_context is None:
+            mp_context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        self._ctx = mp.get_context(mp_context)
+        self._pool: list[_Worker] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        for w in self._pool:
+            try:
+                w.conn.send(None)
+            except Exception:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in self._pool:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(2)
+            w.conn.close()
+        self._pool = []
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- scoring ---------------------------------------------------------------------
+    def score(self, rows: Sequence[dict], *, weights: dict[str, float] | None = None, multiplier: float = 1.0) -> ScoreResults:
+        rows = list(rows)
+        weights = dict(weights or {})
+        for k, v in weights.items():
+            if not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
+                raise ValueError(f"weight for {k!r} must be a non-negative number")
+        prompts: list[str | None] = []
+        calls: list[tuple[int, str, str, Any, str | None]] = []  # (row, name, response, gt, prompt)
+        for i, row in enumerate(rows):
+            for name, gt in _row_calls(i, row):
+                calls.append((i, name, row["response"], gt, row.get("prompt")))
+        for name in sorted({c[1] for c in calls}):
+            get_verifier(name)  # unknown names fail here, before any work (and import before fork)
+
+        out: list[tuple[float, str | None, int] | None] = [None] * len(calls)
+        if self.workers == 0:
+            cache: dict = {}
+            for cid, (_, name, response, gt, prompt) in enumerate(calls):
+                out[cid] = _run_call(cache, name, response, gt, prompt)
+        elif calls:
+            self._run_parallel(calls, out)
+        return self._combine(rows, calls, out, weights, multiplier)
+
+    def _run_parallel(self, calls, out) -> None:
+        n_workers = max(1, min(self.workers, len(calls)))
+        bs = max(1, min(_MAX_BATCH, math.ceil(len(calls) / (n_workers * 4))))
+        queue: deque = deque()
+        for start in range(0, len(calls), bs):
+            queue.append([(cid, *calls[cid][1:]) for cid in range(start, min(start + bs, len(calls)))])
+        while len(self._pool) < n_workers:
+            self._pool.append(_Worker(self._ctx))
+        for w in list(self._pool[:n_workers]):
+            if not w.proc.is_alive():
+                self._replace(w)
+        busy: list[_Worker] = []
+        idle: list[_Worker] = list(self._pool[:n_workers])
+
+        def assign(w: _Worker, batch) -> None:
+            w.batch = batch
+            w.pending = deque(item[0] for item in batch)
+            w.last = time.monotonic()
+            w.conn.send(batch)
+            busy.append(w)
+
+        def fail_current(w: _Worker, kind: int, reason: str) -> None:
+            cid = w.pending.popleft()
+            out[cid] = (0.0, reason, kind)
+            left = set(w.pending)
+            rest = [item for item in w.batch if item[0] in left]
+            if rest:
+                queue.appendleft(rest)
+            w.pending.clear()
+
+        def drain(w: _Worker) -> bool:
+            """Read every result the worker has sent; False if its pipe is closed."""
+            try:
+                while w.conn.poll():
+                    cid, score, reason, kind = w.conn.recv()
+                    if w.pending and w.pending[0] == cid:
+                        w.pending.popleft()
+                    out[cid] = (score, reason, kind)
+                    w.last = time.monotonic()
+            except (EOFError, OSError):
+                return False
+            return True
+
+        while queue or busy:
+            while idle and queue:
+                assign(idle.pop(), queue.popleft())
+            now = time.monotonic()
+            wait_s = max(0.0, min(w.last + self.timeout for w in busy) - now) if busy else 0.0
+            ready = set(mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=wait_s + 0.01))
+            for w in list(busy):
+                alive = True
+                if w.conn in ready or w.proc.sentinel in ready:
+                    alive = drain(w) and w.proc.sentinel not in ready
+                if not alive:
+                    w.proc.join(1)
+                    drain(w)
+                    if w.pending:
+                        code = w.proc.exitcode
+                        fail_current(w, CRASH, f"crash: worker died (exit code {code}) while verifying")
+                    busy.remove(w)
+                    idle.append(self._replace(w))
+                    continue
+                if not w.pending:
+                    busy.remove(w)
+                    idle.append(w)
+                    continue
+                if time.monotonic() > w.last + self.timeout:
+                    drain(w)
+                    if w.pending:
+                        w.kill()
+                        fail_current(w, TIMEOUT, f"timeout: verifier ran past {self.timeout:g}s")
+                        busy.remove(w)
+                        idle.append(self._replace(w))
+                    else:
+                        busy.remove(w)
+                        idle.append(w)
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        if dead.proc.is_alive():
+            dead.kill()
+        else:
+            dead.proc.join(1)
+            dead.conn.close()
+        new = _Worker(self._ctx)
+        self._pool[self._pool.index(dead)] = new
+        return new
+
+    @staticmethod
+    def _combine(rows, calls, out, weights, multiplier) -> ScoreResults:
+        per_row: list[list[tuple[str, float, str | None]]] = [[] for _ in rows]
+        counts = {ERROR: 0, TIMEOUT: 0, CRASH: 0}
+        for (i, name, *_), res in zip(calls, out):
+            score, reason, kind = res
+            if kind in counts:
+                counts[kind] += 1
+            per_row[i].append((name, score, reason))
+        results = ScoreResults(n_errors=counts[ERROR], n_timeouts=counts[TIMEOUT], n_crashes=counts[CRASH])
+        for parts in per_row:
+            if len(parts) == 1:
+                _, score, reason = parts[0]
+            else:
+                ws = [float(weights.get(name, 1.0)) for name, _, _ in parts]
+                total = sum(ws)
+                score = sum(w * s for w, (_, s, _) in zip(ws, parts)) / total if total > 0 else 0.0
+                reasons = [f"{name}: {r}" for name, _, r in parts if r]
+                reason = "; ".join(reasons) if reasons else None
+            results.append(VerifierResult(float(score) * multiplier, reason))
+        return results
+
+
+def score_rows(
+    rows: Sequence[dict],
+    *,
+    weights: dict[str, float] | None = None,
+    multiplier: float = 1.0,
+    workers: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ScoreResults:
+    """Score ``rows`` (see the module docstring); one :class:`VerifierResult` per row, in order.
+
+    ``workers`` defaults to the CPU count; ``timeout`` is per verifier call, in seconds.
+    Raises ``ValueError`` for a malformed row and ``UnknownVerifierError`` for an unknown
+    verifier name, before scoring anything.
+    """
+    with Scorer(workers=workers, timeout=timeout) as scorer:
+        return scorer.score(rows, weights=weights, multiplier=multiplier)
