@@ -23,6 +23,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
@@ -129,6 +130,9 @@ def _worker_main(conn) -> None:
         for cid, name, response, gt, prompt in batch:
             score, reason, kind = _run_call(cache, name, response, gt, prompt)
             conn.send((cid, score, reason, kind))
+    sandbox = sys.modules.get("posttrain.verifiers.code.sandbox")
+    if sandbox is not None:
+        sandbox.close_all()
     os._exit(0)  # skip atexit handlers inherited from the parent
 
 

@@ -1,0 +1,148 @@
+"""``posttrain verify IN.jsonl -o OUT.jsonl``: score a JSONL file of responses.
+
+Each input row has ``response``, ``dataset`` (a verifier name or a list), ``ground_truth``
+and optional ``prompt``; each output row is the input row plus ``score`` and ``reason``,
+in the same order. Bad input is reported in one line on stderr with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+EXIT_BAD_INPUT = 2
+
+
+class _BadInput(Exception):
+    pass
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``verify`` subcommand on an argparse ``subparsers`` object."""
+    from .scoring import DEFAULT_TIMEOUT
+
+    p = subparsers.add_parser(
+        "verify",
+        help="score responses in a JSONL file with the reward verifiers",
+        description="Score each row (response, dataset, ground_truth[, prompt]) and write it back "
+        "with 'score' and 'reason' added, in the same order.",
+    )
+    p.add_argument("input", help="input JSONL file")
+    p.add_argument("-o", "--output", required=True, help="output JSONL file (written atomically)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per verifier call (default: %(default)s)")
+    p.add_argument("--multiplier", type=float, default=1.0, help="multiply every score (RLVR uses 10)")
+    p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
+                   help="weight of a verifier in rows with several (repeatable; default 1)")
+    p.set_defaults(func=run_verify)
+    return p
+
+
+def _read_rows(path: str) -> list[dict]:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise _BadInput(f"cannot read {path}: {e.strerror or e}") from None
+    rows = []
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise _BadInput(f"{path}: line {lineno}: bad JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise _BadInput(f"{path}: line {lineno}: expected a JSON object")
+            for key in ("response", "dataset", "ground_truth"):
+                if key not in row:
+                    raise _BadInput(f"{path}: line {lineno}: missing field {key!r}")
+            rows.append(row)
+    return rows
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise _BadInput(f"--weight {item!r}: expected NAME=NUMBER") from None
+    return weights
+
+
+def _write_atomic(path: str, rows: list[dict]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".jsonl.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from .registry import UnknownVerifierError
+    from .scoring import score_rows
+
+    try:
+        if args.workers is not None and args.workers < 0:
+            raise _BadInput("--workers must be >= 0")
+        if args.timeout <= 0:
+            raise _BadInput("--timeout must be positive")
+        weights = _parse_weights(args.weight)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            raise _BadInput(f"output directory of {args.output} does not exist")
+        rows = _read_rows(args.input)
+        results = score_rows(rows, weights=weights, multiplier=args.multiplier,
+                             workers=args.workers, timeout=args.timeout)
+    except _BadInput as e:
+        print(f"posttrain verify: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (UnknownVerifierError, ValueError) as e:
+        print(f"posttrain verify: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = []
+    for row, res in zip(rows, results):
+        row = dict(row)
+        row["score"] = res.score
+        row["reason"] = res.reason
+        out.append(row)
+    try:
+        _write_atomic(args.output, out)
+    except OSError as e:
+        print(f"posttrain verify: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    n = len(results)
+    mean = sum(r.score for r in results) / n if n else 0.0
+    print(f"verified {n} rows: mean score {mean:.4f}, {results.n_errors} errors, "
+          f"{results.n_timeouts} timeouts, {results.n_crashes} crashes -> {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="posttrain")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["verify"]:
+        argv = ["verify", *argv]
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
