@@ -80,7 +80,10 @@ def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size:
     convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
     responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
-    results = score_rows(scored_in, workers=workers)
+    try:
+        results = score_rows(scored_in, workers=workers)
+    except ValueError as e:  # a malformed row or an unknown verifier name
+        raise DataError(f"{source}: {e}") from None
     out = [{**r, "score": float(res.score), "reason": res.reason} for r, res in zip(scored_in, results)]
     return summarize(rows, [o["score"] for o in out]), out
 
