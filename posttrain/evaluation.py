@@ -71,12 +71,20 @@ def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size:
              workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
     """Generate greedily for every row, score with the verifiers; returns the summary and
     the rows with ``response``, ``score`` and ``reason`` added."""
+    from posttrain.verifiers.registry import get_verifier
     from posttrain.verifiers.scoring import score_rows
 
+    names = set()
     for i, row in enumerate(rows):
         for key in ("dataset", "ground_truth"):
             if key not in row:
                 raise DataError(f"{source}: row {i}: missing `{key}`")
+        names.update(row["dataset"] if isinstance(row["dataset"], list) else [row["dataset"]])
+    for name in sorted(names):  # an unknown verifier fails now, not after generating
+        try:
+            get_verifier(name)
+        except ValueError as e:
+            raise DataError(f"{source}: {e}") from None
     convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
     responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
