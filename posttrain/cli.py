@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from transformers.utils import logging as hf_logging
+
     from posttrain.errors import PosttrainError
+
+    hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars drown our own
 
     try:
         return args.func(args)

@@ -67,24 +67,32 @@ def summarize(rows: list[dict], scores: list[float]) -> dict[str, Any]:
     }
 
 
-def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size: int = 64,
-             workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
-    """Generate greedily for every row, score with the verifiers; returns the summary and
-    the rows with ``response``, ``score`` and ``reason`` added."""
+def check_rows(rows: list[dict], source: str) -> None:
+    """Fail on a row without a prompt, ``dataset`` or ``ground_truth``, or with an unknown
+    verifier, before any model loads or generates."""
     from posttrain.verifiers.registry import get_verifier
-    from posttrain.verifiers.scoring import score_rows
 
     names = set()
     for i, row in enumerate(rows):
+        prompt_messages(row, f"{source}: row {i}")
         for key in ("dataset", "ground_truth"):
             if key not in row:
                 raise DataError(f"{source}: row {i}: missing `{key}`")
         names.update(row["dataset"] if isinstance(row["dataset"], list) else [row["dataset"]])
-    for name in sorted(names):  # an unknown verifier fails now, not after generating
+    for name in sorted(names):
         try:
             get_verifier(name)
         except ValueError as e:
             raise DataError(f"{source}: {e}") from None
+
+
+def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size: int = 64,
+             workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
+    """Generate greedily for every row, score with the verifiers; returns the summary and
+    the rows with ``response``, ``score`` and ``reason`` added."""
+    from posttrain.verifiers.scoring import score_rows
+
+    check_rows(rows, source)
     convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
     responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
@@ -127,6 +135,7 @@ def _cmd_eval(args) -> int:
     rows = read_jsonl(args.data)[: args.limit]
     if not rows:
         raise DataError(f"{args.data}: no rows")
+    check_rows(rows, args.data)
     model = Path(args.model)
     if (args.model.startswith((".", "/")) or model.exists()) and not (model / "config.json").is_file():
         raise DataError(f"{args.model}: not a model folder (no config.json)")
