@@ -15,12 +15,16 @@ from typing import Any
 
 class MetricsWriter:
     def __init__(self, path: str | Path, *, tensorboard: bool = False, wandb: bool = False,
-                 wandb_project: str = "posttrain", run_name: str | None = None, config: dict | None = None):
+                 wandb_project: str = "posttrain", run_name: str | None = None, config: dict | None = None,
+                 enabled: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1)
+        self._file = None
         self._tb = None
         self._wandb = None
+        if not enabled:  # a non-main process of a distributed run logs nothing
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -31,6 +35,8 @@ class MetricsWriter:
             self._wandb = _wandb.init(project=wandb_project, name=run_name, config=config, reinit=True)
 
     def log(self, step: int, **values: Any) -> None:
+        if self._file is None:
+            return
         clean = {k: _plain(v) for k, v in values.items()}
         self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
         numeric = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -41,7 +47,8 @@ class MetricsWriter:
             self._wandb.log(numeric, step=step)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

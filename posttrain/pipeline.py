@@ -38,36 +38,47 @@ def prepare_base_model(recipe: Recipe, run_dir: Path) -> tuple[str, str | None]:
 
 
 def run_recipe(recipe: Recipe, only: list[str] | None = None) -> Path:
+    # Under `accelerate launch` every process runs this; only the main one writes shared
+    # files, the others wait for it.
+    from accelerate import PartialState
+
+    state = PartialState()
     run_dir = Path(recipe.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        prepare_base_model(recipe, run_dir)
+    state.wait_for_everyone()
     model, revision = prepare_base_model(recipe, run_dir)
     for name, config in recipe.stages.items():
         stage_dir = run_dir / name
         if (stage_dir / DONE).exists():
             log.info("stage %s already finished in %s; not re-running it", name, stage_dir)
         elif only is None or name in only:
-            _run_stage(recipe, name, config, model, revision, stage_dir)
+            _run_stage(recipe, name, config, model, revision, stage_dir, state)
         else:
             raise RuntimeError(f"stage {name} has not finished and was not asked for (--only)")
         model, revision = str(stage_dir / "model"), None
     return run_dir
 
 
-def _run_stage(recipe, name, config, model, revision, stage_dir: Path) -> None:
+def _run_stage(recipe, name, config, model, revision, stage_dir: Path, state) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     log.info("stage %s: from %s into %s", name, model, stage_dir)
     m = recipe.metrics
     writer = MetricsWriter(stage_dir / "metrics.jsonl", tensorboard=m.tensorboard, wandb=m.wandb,
                            wandb_project=m.wandb_project, run_name=f"{Path(recipe.output_dir).name}-{name}",
-                           config=config.model_dump(mode="json"))
+                           config=config.model_dump(mode="json"), enabled=state.is_main_process)
     start = time.time()
     with writer:
         ctx = StageContext(name=name, config=config, recipe=recipe, input_model=model,
                            input_revision=revision, stage_dir=stage_dir, metrics=writer)
         get_stage(name).run(ctx)
-        if recipe.eval is not None:
+        state.wait_for_everyone()
+        if recipe.eval is not None and state.is_main_process:
             from posttrain.evaluation import evaluate_recipe_stage
 
             evaluate_recipe_stage(ctx)
-    (stage_dir / DONE).write_text(json.dumps({"seconds": round(time.time() - start, 1)}) + "\n")
+    if state.is_main_process:
+        (stage_dir / DONE).write_text(json.dumps({"seconds": round(time.time() - start, 1)}) + "\n")
+    state.wait_for_everyone()
