@@ -19,6 +19,7 @@ the fork.
 """
 from __future__ import annotations
 
+import faulthandler
 import math
 import multiprocessing as mp
 import os
@@ -119,6 +120,7 @@ def _set_pdeathsig() -> None:
 def _worker_main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_pdeathsig()
+    faulthandler.disable()  # a crashing verifier is reported as a crash, not a stack dump
     cache: dict = {}
     while True:
         try:

@@ -89,6 +89,53 @@ def _count_own_processes(uid: int) -> int:
     return n
 
 
+def _python_paths() -> list[str]:
+    """Directories the sandboxed program's imports read from."""
+    import site
+    import sysconfig
+
+    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sysconfig.get_paths()["stdlib"]}
+    try:
+        paths.update(site.getsitepackages())
+    except AttributeError:
+        pass
+    kept: list[str] = []
+    for p in sorted(os.path.realpath(p) for p in paths if os.path.isdir(p)):
+        if not any(p == k or p.startswith(k + "/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _unhide_args(paths: list[str]) -> list[str]:
+    """bwrap arguments that make ``paths`` reachable for ``nobody``.
+
+    Python often lives under a directory other users cannot enter (pyenv under /root, mode
+    0700). For each such path the topmost closed ancestor is replaced by an empty tmpfs
+    (hiding everything else in it, a bonus) with the path bound back, read-only.
+    """
+    args: list[str] = []
+    tops: set[str] = set()
+    dirs: set[str] = set()
+    for path in paths:
+        parts = path.strip("/").split("/")
+        ancestors = ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+        closed = [a for a in ancestors if not os.stat(a).st_mode & 0o001]
+        if not closed:
+            continue
+        top = closed[0]
+        if any(top == t or top.startswith(t + "/") for t in tops):
+            pass
+        else:
+            tops.add(top)
+            args += ["--perms", "0755", "--tmpfs", top]
+        for a in ancestors[ancestors.index(top) + 1:]:
+            if a not in dirs:
+                dirs.add(a)
+                args += ["--perms", "0755", "--dir", a]
+        args += ["--ro-bind", path, path]
+    return args
+
+
 def _bwrap_cmd(root: bool) -> list[str] | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -98,6 +145,7 @@ def _bwrap_cmd(root: bool) -> list[str] | None:
            "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--chdir", "/tmp"]
     if root:
+        cmd += _unhide_args(_python_paths())
         cmd += ["--cap-drop", "ALL"]
         for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
             cmd += ["--cap-add", cap]
@@ -144,7 +192,7 @@ class Sandbox:
                 if root:
                     os.chmod(self._host_workroot, 0o711)
                 cfg["workroot"] = self._host_workroot
-            cmd = prefix + [sys.executable, "-I", "-S", _SERVER, json.dumps(cfg)]
+            cmd = prefix + [sys.executable, "-I", _SERVER, json.dumps(cfg)]
             try:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
