@@ -1,0 +1,157 @@
+"""Scoring preference pairs, and the on-disk cache of the reference model's scores.
+
+``pair_logps`` runs one forward over a collated batch (chosen rows then rejected rows)
+and returns each sequence's summed response log-prob. For architectures whose LM head is
+a plain linear layer it projects only the response positions to the vocabulary: prompt
+positions never become logits (OLMo 2's vocabulary is 100k wide).
+
+The reference log-probs of a dataset depend on the reference weights, the token ids of
+the pairs (which fix data, tokenizer, chat template, max length and truncation) and
+nothing else, so they are computed once and stored under a key hashing those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from posttrain.data.preference import PreferencePair, collate_pairs
+from posttrain.policy import positions_from_mask, token_logprobs
+
+log = logging.getLogger(__name__)
+
+# Model types whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or
+# scaling), so projecting a subset of positions gives the same numbers.
+_PLAIN_HEAD = {"olmo", "olmo2", "olmo3", "llama", "mistral", "qwen2", "qwen3"}
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD:
+        return None, None
+    decoder, head = getattr(base, "model", None), base.get_output_embeddings()
+    if decoder is None or head is None:
+        return None, None
+    return decoder, head
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed response log-probs of every row of a :func:`collate_pairs` batch, shape
+    ``(2B,)``: chosen ones first. Differentiable when called with grad enabled."""
+    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+    decoder, head = _decoder_and_head(model)
+    if decoder is None:
+        lp = token_logprobs(model, ids, attn)
+        return (lp * mask).sum(-1)
+    hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=positions_from_mask(attn)).last_hidden_state
+    rows, cols = mask.nonzero(as_tuple=True)
+    logits = head(hidden[rows, cols]).float()
+    targets = ids[rows, cols + 1]
+    tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+
+
+@torch.no_grad()
+def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, max_tokens: int = 16384,
+                progress: bool = True, desc: str = "reference log-probs") -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs ``(chosen (N,), rejected (N,))`` of every pair, no grad, in batches
+    of similar length holding up to ``max_tokens`` padded tokens each."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i]))
+    chosen = torch.zeros(len(pairs), dtype=torch.float32)
+    rejected = torch.zeros(len(pairs), dtype=torch.float32)
+    bar = tqdm(total=len(pairs), desc=desc, unit="pair", disable=not progress)
+    start = 0
+    while start < len(order):
+        # Longest first: the first pair of a batch sets its padded width.
+        per = max(1, max_tokens // (2 * len(pairs[order[start]])))
+        idx = order[start : start + per]
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+        out = pair_logps(model, batch).float().cpu()
+        chosen[idx], rejected[idx] = out[: len(idx)], out[len(idx) :]
+        bar.update(len(idx))
+        start += len(idx)
+    bar.close()
+    model.train(was_training)
+    return chosen, rejected
+
+
+# ---------------------------------------------------------------------------- identity
+def weights_fingerprint(model_path: str | Path, revision: str | None = None) -> str:
+    """A hash of the weight files of a local model folder (config included), or of the hub
+    id and revision when the path is not a local folder."""
+    path = Path(model_path)
+    h = hashlib.sha256()
+    if not path.is_dir():
+        h.update(f"hub:{model_path}@{revision}".encode())
+        return h.hexdigest()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise FileNotFoundError(f"no weight files in {path}")
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def pairs_fingerprint(pairs: Sequence[PreferencePair]) -> str:
+    h = hashlib.sha256()
+    for p in pairs:
+        for part in (p.prompt, p.chosen, p.rejected):
+            h.update(len(part).to_bytes(4, "little"))
+            h.update(torch.as_tensor(part, dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    return h.hexdigest()
+
+
+def reference_cache_key(weights: str, pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    for part in (weights, pairs_fingerprint(pairs), tokenizer_fingerprint(tokenizer), str(max_length)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("POSTTRAIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain"
+    return Path(root) / "dpo_reference"
+
+
+def cached_reference_logps(model, pairs: Sequence[PreferencePair], pad_id: int, device, key: str,
+                           cache_dir: str | Path | None = None, *, max_tokens: int = 16384,
+                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Reference ``(chosen, rejected)`` summed log-probs from ``cache_dir/<key>.pt``, or
+    computed (one no-grad pass) and stored there. The third value says whether the cache
+    was hit."""
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.pt"
+    if path.exists():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if data["chosen"].shape[0] == len(pairs):
+                log.info("reference log-probs: cache hit %s", path)
+                return data["chosen"], data["rejected"], True
+        except Exception as e:  # a torn file from a killed run: recompute it
+            log.warning("reference cache %s unreadable (%s); recomputing", path, e)
+    chosen, rejected = score_pairs(model, pairs, pad_id, device, max_tokens=max_tokens, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+    os.replace(tmp, path)
+    log.info("reference log-probs: %d pairs cached in %s", len(pairs), path)
+    return chosen, rejected, False
