@@ -2,5 +2,6 @@
 metrics. Importing this package registers every built-in stage."""
 
 from posttrain.stages.registry import get_stage, register_stage, stage_names
+from posttrain.stages import sft  # noqa: F401,E402  (registers "sft")
 
 __all__ = ["get_stage", "register_stage", "stage_names"]

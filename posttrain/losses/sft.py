@@ -1,0 +1,22 @@
+"""Supervised fine-tuning loss: next-token cross-entropy on label tokens only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of predicting ``labels[:, t+1]`` from ``logits[:, t]``, summed over
+    the positions whose label is not -100.
+
+    Returns ``(loss_sum, n_tokens)``: the differentiable sum of per-token losses and the
+    number of tokens it sums over (a 0-d long tensor). The training loop divides by the
+    tokens of the whole optimizer step (``mean``) or not at all (``sum``), which a per-batch
+    mean here could not express under gradient accumulation."""
+    targets = labels[:, 1:]
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    loss_sum = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (targets != IGNORE_INDEX).sum()
