@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from posttrain.data.preference import PreferencePair, collate_pairs
-from posttrain.policy import positions_from_mask, token_logprobs
+from posttrain.policy import positions_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ _PLAIN_HEAD = {"olmo", "olmo2", "olmo3", "llama", "mistral", "qwen2", "qwen3"}
 
 
 def _decoder_and_head(model):
+    # A DDP wrapper must be called as a whole (its forward prepares the gradient sync),
+    # so only an unwrapped model (or a peft wrapper around one) is taken apart.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD:
+    if getattr(getattr(base, "config", None), "model_type", None) not in _PLAIN_HEAD:
         return None, None
     decoder, head = getattr(base, "model", None), base.get_output_embeddings()
     if decoder is None or head is None:
@@ -40,20 +42,27 @@ def _decoder_and_head(model):
     return decoder, head
 
 
-def pair_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def pair_logps(model, batch: dict[str, torch.Tensor], *, generic: bool = False) -> torch.Tensor:
     """Summed response log-probs of every row of a :func:`collate_pairs` batch, shape
-    ``(2B,)``: chosen ones first. Differentiable when called with grad enabled."""
+    ``(2B,)``: chosen ones first. Differentiable when called with grad enabled.
+    ``generic`` forces the path any causal LM takes (full forward, ``logits_to_keep``)."""
     ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-    decoder, head = _decoder_and_head(model)
-    if decoder is None:
-        lp = token_logprobs(model, ids, attn)
-        return (lp * mask).sum(-1)
-    hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=positions_from_mask(attn)).last_hidden_state
-    rows, cols = mask.nonzero(as_tuple=True)
-    logits = head(hidden[rows, cols]).float()
-    targets = ids[rows, cols + 1]
+    positions = positions_from_mask(attn)
+    decoder, head = (None, None) if generic else _decoder_and_head(model)
+    if decoder is not None:
+        hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+        rows, cols = mask.nonzero(as_tuple=True)
+        logits = head(hidden[rows, cols]).float()
+        targets = ids[rows, cols + 1]
+        tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+    # Generic path: logits only from the first response column on (``logits_to_keep``).
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else ids.shape[1] - 1
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False,
+                   logits_to_keep=ids.shape[1] - first).logits[:, :-1].float()
+    targets = ids[:, first + 1 :]
     tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+    return (tok * mask[:, first:]).sum(-1)
 
 
 @torch.no_grad()

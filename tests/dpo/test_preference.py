@@ -95,6 +95,8 @@ def test_one_forward_matches_scoring_each_response_alone(policy):
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     want = torch.stack([lp.sum() for lp in policy.response_logprobs(prompts, responses, batch_size=1)])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(pair_logps(policy.model, batch, generic=True), want, atol=1e-4, rtol=1e-5)
     c, r = score_pairs(policy.model, pairs, policy.tokenizer.pad_token_id, "cpu", max_tokens=64, progress=False)
     torch.testing.assert_close(torch.cat([c, r]), want, atol=1e-4, rtol=1e-5)
 
