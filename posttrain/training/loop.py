@@ -207,7 +207,24 @@ class Trainer:
         return last
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict, int, torch.Tensor | None]:
-        group = self._next_step_batches()
+        loss_sum, items, metrics, tokens = self.compute_gradients(self._next_step_batches())
+        grad_norm = None
+        if self.cfg.max_grad_norm:
+            grad_norm = self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        elif (self.step + 1) % self.cfg.logging_steps == 0:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.tokens += tokens
+        return loss_sum, items, metrics, tokens, grad_norm
+
+    def compute_gradients(self, group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
+        """Forward and backward one optimizer step's micro-batches (``group``: example
+        indices of every process's micro-batches; this process takes its share) and leave
+        the reduced gradient in ``.grad``. Returns this process's ``(loss_sum, items,
+        metric sums, tokens)``."""
         mine = group[self.rank :: self.world]
         dummy = not mine  # fewer micro-batches than processes: join DDP with a zero loss
         if dummy:
@@ -232,20 +249,10 @@ class Trainer:
                 metrics[k] = metrics.get(k, 0) + v.detach()
         step_items = self.acc.reduce(items, "sum") if self.world > 1 else items
         # DDP averages gradients over processes; undo that, then apply the reduction.
-        scale = self.world / step_items.clamp(min=1) if self.reduction == "mean" else float(self.world)
-        grads = [p.grad for p in self.params if p.grad is not None]
         if self.reduction == "mean" or self.world > 1:
-            torch._foreach_mul_(grads, scale)
-        grad_norm = None
-        if self.cfg.max_grad_norm:
-            grad_norm = self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        elif (self.step + 1) % self.cfg.logging_steps == 0:
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.tokens += tokens
-        return loss_sum, items, metrics, tokens, grad_norm
+            scale = self.world / step_items.clamp(min=1) if self.reduction == "mean" else float(self.world)
+            torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], scale)
+        return loss_sum, items, metrics, tokens
 
     def _to_device(self, batch: dict) -> dict:
         dev = self.acc.device
