@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-from posttrain.losses.sft import sft_loss
+from posttrain.losses.sft import IGNORE_INDEX, sft_loss
 from posttrain.recipe.schema import TrainStageConfig
 from posttrain.stages.registry import register_stage
 from posttrain.training import LossOutput, Trainer, get_accelerator, set_seed
@@ -59,6 +59,11 @@ def sft_loss_fn(model, batch: dict) -> LossOutput:
     return LossOutput(loss_sum, n_tokens)
 
 
+def count_label_tokens(batch: dict) -> int:
+    """Tokens ``sft_loss`` will count in a collated batch (every label but the first)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def make_batching(cfg: SFTConfig, examples: list[dict], pad_id: int, seed: int):
     """``(collate, batch_plan)`` for the config's packing / length grouping."""
     lengths = [len(e["input_ids"]) for e in examples]
@@ -94,4 +99,5 @@ def run_sft(ctx) -> None:
         ctx.metrics.log(0, **{f"data_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     collate, plan = make_batching(cfg, train, tok.pad_token_id, seed)
     # Eval batches go through the same collate (packed eval rows give the same loss).
-    Trainer(ctx, policy, train, collate, sft_loss_fn, evals, reduction=cfg.loss_reduction, batch_plan=plan).train()
+    Trainer(ctx, policy, train, collate, sft_loss_fn, evals, reduction=cfg.loss_reduction, batch_plan=plan,
+            count_items=count_label_tokens).train()

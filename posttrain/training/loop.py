@@ -15,6 +15,9 @@ Usage from a stage runner::
 - ``reduction``: ``mean`` divides the gradient by the items of the whole optimizer step
   (all micro-batches, all processes), so it equals one big batch's however the step is
   split; ``sum`` leaves the plain sum (Tülu 3's SFT: every token weighs the same).
+- ``count_items(cpu_batch) -> int`` (optional, recommended): the items a collated batch
+  will report, computed before its forward (e.g. label tokens). The loop then folds the
+  reduction into the loss before ``backward`` instead of rescaling every gradient after.
 - ``batch_plan(epoch) -> list[list[int]]``: the micro-batches of an epoch as example
   indices, a pure function of the epoch (see ``batching.py``); default: shuffled chunks of
   ``per_device_batch_size`` seeded by the stage's seed.
@@ -92,6 +95,7 @@ class Trainer:
         reduction: Literal["mean", "sum"] = "mean",
         batch_plan: Callable[[int], list[list[int]]] | None = None,
         eval_batch_plan: list[list[int]] | None = None,
+        count_items: Callable[[dict], int] | None = None,
         progress: bool = True,
     ):
         if reduction not in ("mean", "sum"):
@@ -107,7 +111,7 @@ class Trainer:
         self.eval_plan = eval_batch_plan or [
             list(range(i, min(i + bs, len(self.eval_examples)))) for i in range(0, len(self.eval_examples), bs)
         ]
-        self.progress = progress
+        self.progress, self.count_items = progress, count_items
         self.acc = get_accelerator()
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.per_step = self.cfg.gradient_accumulation_steps * self.world
@@ -230,26 +234,36 @@ class Trainer:
         if dummy:
             mine = group[:1]
         self.model.train()
+        cpu_batches = [self.collate([self.train_examples[j] for j in idx]) for idx in mine]
+        # DDP averages gradients over processes; the scale undoes that and applies the
+        # reduction. With count_items it is known before the forward passes and goes into
+        # the loss; otherwise the gradients are rescaled after the last backward.
+        loss_scale = None
+        if self.count_items is not None:
+            n = torch.tensor(0 if dummy else sum(int(self.count_items(b)) for b in cpu_batches))
+            if self.world > 1:
+                n = self.acc.reduce(n.to(self.acc.device), "sum")
+            loss_scale = self.world / max(int(n), 1) if self.reduction == "mean" else float(self.world)
         loss_sum = torch.zeros((), device=self.acc.device)
         items = torch.zeros((), device=self.acc.device, dtype=torch.long)
         metrics: dict[str, torch.Tensor] = {}
         tokens = 0
-        for i, idx in enumerate(mine):
-            batch = self._to_device(self.collate([self.train_examples[j] for j in idx]))
+        for i, cpu_batch in enumerate(cpu_batches):
+            batch = self._to_device(cpu_batch)
             sync = i == len(mine) - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
                 out = self.loss_fn(self.model, batch)
-                self.acc.backward(out.loss_sum * 0 if dummy else out.loss_sum)
-            if dummy:
-                continue
+                if dummy:
+                    self.acc.backward(out.loss_sum * 0)
+                    continue
+                self.acc.backward(out.loss_sum if loss_scale in (None, 1.0) else out.loss_sum * loss_scale)
             loss_sum += out.loss_sum.detach()
             items += out.n_items
             tokens += int(batch.get("n_tokens", 0))
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0) + v.detach()
-        step_items = self.acc.reduce(items, "sum") if self.world > 1 else items
-        # DDP averages gradients over processes; undo that, then apply the reduction.
-        if self.reduction == "mean" or self.world > 1:
+        if loss_scale is None and (self.reduction == "mean" or self.world > 1):
+            step_items = self.acc.reduce(items, "sum") if self.world > 1 else items
             scale = self.world / step_items.clamp(min=1) if self.reduction == "mean" else float(self.world)
             torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], scale)
         return loss_sum, items, metrics, tokens

@@ -8,26 +8,28 @@ import torch
 
 from posttrain.losses.sft import sft_loss
 from posttrain.policy import Policy
-from posttrain.stages.sft import sft_loss_fn
+from posttrain.stages.sft import count_label_tokens, sft_loss_fn
 from posttrain.training import Trainer
 from posttrain.training.batching import pad_collate
 
 
-def _grads(ctx, examples, group, reduction):
+def _grads(ctx, examples, group, reduction, count_items=None):
     policy = Policy.load(ctx.input_model, device="cpu")
     trainer = Trainer(ctx, policy, examples, partial(pad_collate, pad_id=1), sft_loss_fn, reduction=reduction,
-                      progress=False)
+                      count_items=count_items, progress=False)
     loss_sum, items, _, tokens = trainer.compute_gradients(group)
     assert tokens == sum(len(e["input_ids"]) for e in examples)
     return {n: p.grad.clone() for n, p in policy.model.named_parameters()}, loss_sum, items, policy
 
 
+@pytest.mark.parametrize("count_items", [None, count_label_tokens], ids=["rescale-grads", "count-first"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_accumulated_micro_batches_equal_one_big_batch(ctx_factory, examples, reduction):
+def test_accumulated_micro_batches_equal_one_big_batch(ctx_factory, examples, reduction, count_items):
     exs = examples(8, seed=11, lo=4, hi=40)  # very different lengths and label counts
     split, _, items, _ = _grads(ctx_factory(per_device_batch_size=2, gradient_accumulation_steps=4), exs,
-                                [[0, 1], [2, 3], [4, 5], [6, 7]], reduction)
-    whole, _, items_whole, policy = _grads(ctx_factory(per_device_batch_size=8), exs, [list(range(8))], reduction)
+                                [[0, 1], [2, 3], [4, 5], [6, 7]], reduction, count_items)
+    whole, _, items_whole, policy = _grads(ctx_factory(per_device_batch_size=8), exs, [list(range(8))], reduction,
+                                           count_items)
     assert int(items) == int(items_whole)
 
     # and both equal the gradient of the textbook loss on the whole batch
