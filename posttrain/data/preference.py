@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -197,24 +198,72 @@ def log_report(report: PairReport, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- batching
+def shared_length(pair: PreferencePair) -> int:
+    """Response tokens the two sides share at their start (each keeps at least one own)."""
+    c, r = pair.chosen, pair.rejected
+    n, top = 0, min(len(c), len(r)) - 1
+    while n < top and c[n] == r[n]:
+        n += 1
+    return n
+
+
+def pair_row_length(pair: PreferencePair) -> int:
+    """Tokens of the pair's row in :func:`collate_pairs`' layout."""
+    return len(pair.prompt) + len(pair.chosen) + len(pair.rejected) - shared_length(pair)
+
+
 def collate_pairs(pairs: Sequence[PreferencePair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One right-padded batch of ``2B`` rows: chosen sequences first, then rejected, so a
-    single forward scores both sides. ``loss_mask[i, t]`` marks that target ``t + 1``
-    (column ``t`` of shifted log-probs) is a response token."""
-    seqs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
-    starts = [len(p.prompt) for p in pairs] * 2
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-    for i, (s, start) in enumerate(zip(seqs, starts)):
-        ids[i, : len(s)] = torch.as_tensor(s)
-        attn[i, : len(s)] = 1
-        loss_mask[i, start - 1 : len(s) - 1] = True
-    n = len(pairs)
-    tokens = loss_mask.sum(-1)
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask,
-            "chosen_tokens": tokens[:n], "rejected_tokens": tokens[n:]}
+    """One batch holding both sides of every pair, each pair in ONE row: the prompt and
+    the responses' common start once, then the chosen rest, then the rejected rest
+    (prefix sharing). Each rest has position ids continuing from the shared part and
+    attends to the shared part and to itself only, never to the other side, so every
+    token sees exactly the context it has in its own sequence.
+
+    Keys: ``input_ids``, ``position_ids`` (B, L); ``attention_mask`` (B, 1, L, L) bool,
+    True = may attend (pads attend to themselves only); ``score_row``, ``score_pos``,
+    ``score_target``, ``score_out``: for each response token, the row and position whose
+    logits predict it, the token, and its output slot (pair ``i``'s chosen ``i``, its
+    rejected ``B + i``; shared tokens appear once for each side); ``chosen_tokens``,
+    ``rejected_tokens`` (B,)."""
+    n_pairs = len(pairs)
+    layout = []
+    for p in pairs:
+        k = shared_length(p)
+        layout.append((p.prompt + p.chosen[:k], len(p.prompt), p.chosen[k:], p.rejected[k:]))
+    width = max(len(h) + len(c) + len(r) for h, _, c, r in layout)
+    ids = torch.full((n_pairs, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_pairs, width), dtype=torch.long)
+    allow = torch.zeros((n_pairs, width, width), dtype=torch.bool)
+    tril = torch.ones((width, width), dtype=torch.bool).tril()
+    rows, cols, targets, outs = [], [], [], []
+    for i, (head, plen, c, r) in enumerate(layout):
+        h, nc, nr = len(head), len(c), len(r)
+        n = h + nc + nr
+        ids[i, :n] = torch.as_tensor(head + c + r)
+        pos[i, :h] = torch.arange(h)
+        pos[i, h : h + nc] = torch.arange(h, h + nc)
+        pos[i, h + nc : n] = torch.arange(h, h + nr)
+        pos[i, n:] = torch.arange(width - n)
+        allow[i, :h, :h] = tril[:h, :h]
+        allow[i, h:n, :h] = True
+        allow[i, h : h + nc, h : h + nc] = tril[:nc, :nc]
+        allow[i, h + nc : n, h + nc : n] = tril[:nr, :nr]
+        allow[i, n:, n:] = torch.eye(width - n, dtype=torch.bool)
+        shared_pos = list(range(plen - 1, h - 1))
+        # chosen[k] comes from the last shared position, chosen[k + j] from column h + j - 1
+        for out, rest, start in ((i, c, h), (n_pairs + i, r, h + nc)):
+            p_ = shared_pos + [h - 1] + list(range(start, start + len(rest) - 1))
+            rows += [i] * len(p_)
+            cols += p_
+            targets += head[plen:] + rest
+            outs += [out] * len(p_)
+    as_t = partial(torch.tensor, dtype=torch.long)
+    outs_t = as_t(outs)
+    counts = torch.bincount(outs_t, minlength=2 * n_pairs)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": allow.unsqueeze(1),
+            "score_row": as_t(rows), "score_pos": as_t(cols), "score_target": as_t(targets), "score_out": outs_t,
+            "chosen_tokens": counts[:n_pairs], "rejected_tokens": counts[n_pairs:],
+            "n_tokens": sum(len(h) + len(c) + len(r) for h, _, c, r in layout)}
 
 
 # ---------------------------------------------------------------------------- sources

@@ -1,9 +1,10 @@
 """Scoring preference pairs, and the on-disk cache of the reference model's scores.
 
-``pair_logps`` runs one forward over a collated batch (chosen rows then rejected rows)
-and returns each sequence's summed response log-prob. For architectures whose LM head is
-a plain linear layer it projects only the response positions to the vocabulary: prompt
-positions never become logits (OLMo 2's vocabulary is 100k wide).
+``pair_logps`` runs one forward over a collated batch (both sides of each pair share one
+row: prompt and common response start computed once) and returns each sequence's summed
+response log-prob. For architectures whose LM head is a plain linear layer it projects
+only the scored positions to the vocabulary: prompt positions never become logits
+(OLMo 2's vocabulary is 100k wide).
 
 The reference log-probs of a dataset depend on the reference weights, the token ids of
 the pairs (which fix data, tokenizer, chat template, max length and truncation) and
@@ -20,8 +21,7 @@ from typing import Sequence
 
 import torch
 
-from posttrain.data.preference import PreferencePair, collate_pairs
-from posttrain.policy import positions_from_mask
+from posttrain.data.preference import PreferencePair, collate_pairs, pair_row_length
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +43,29 @@ def _decoder_and_head(model):
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor], *, generic: bool = False) -> torch.Tensor:
-    """Summed response log-probs of every row of a :func:`collate_pairs` batch, shape
-    ``(2B,)``: chosen ones first. Differentiable when called with grad enabled.
-    ``generic`` forces the path any causal LM takes (full forward, ``logits_to_keep``)."""
-    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-    positions = positions_from_mask(attn)
+    """Summed response log-probs of both sides of every pair of a :func:`collate_pairs`
+    batch, shape ``(2B,)``: chosen ones first. Differentiable when called with grad
+    enabled. ``generic`` forces the path any causal LM takes (full logits)."""
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    mask = batch["attention_mask"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "_attn_implementation", "sdpa") == "eager":
+        mask = torch.zeros(mask.shape, dtype=base.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(base.dtype).min)  # eager attention adds the mask to the scores
+    rows, cols, targets = batch["score_row"], batch["score_pos"], batch["score_target"]
     decoder, head = (None, None) if generic else _decoder_and_head(model)
     if decoder is not None:
-        hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
-        rows, cols = mask.nonzero(as_tuple=True)
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
         logits = head(hidden[rows, cols]).float()
-        targets = ids[rows, cols + 1]
-        tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        return torch.zeros(ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-    # Generic path: logits only from the first response column on (``logits_to_keep``).
-    first = int(mask.any(0).nonzero()[0]) if mask.any() else ids.shape[1] - 1
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False,
-                   logits_to_keep=ids.shape[1] - first).logits[:, :-1].float()
-    targets = ids[:, first + 1 :]
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[rows, cols].float()
     tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (tok * mask[:, first:]).sum(-1)
+    n = 2 * batch["chosen_tokens"].shape[0]
+    return torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_out"], tok)
 
 
 @torch.no_grad()
-def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, max_tokens: int = 16384,
+def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, max_tokens: int = 2048,
                 progress: bool = True, desc: str = "reference log-probs") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs ``(chosen (N,), rejected (N,))`` of every pair, no grad, in batches
     of similar length holding up to ``max_tokens`` padded tokens each."""
@@ -74,16 +73,18 @@ def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, 
 
     was_training = model.training
     model.eval()
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i]))
+    lengths = [pair_row_length(p) for p in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
     chosen = torch.zeros(len(pairs), dtype=torch.float32)
     rejected = torch.zeros(len(pairs), dtype=torch.float32)
     bar = tqdm(total=len(pairs), desc=desc, unit="pair", disable=not progress)
     start = 0
     while start < len(order):
         # Longest first: the first pair of a batch sets its padded width.
-        per = max(1, max_tokens // (2 * len(pairs[order[start]])))
+        per = max(1, max_tokens // lengths[order[start]])
         idx = order[start : start + per]
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v
+                 for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
         out = pair_logps(model, batch).float().cpu()
         chosen[idx], rejected[idx] = out[: len(idx)], out[len(idx) :]
         bar.update(len(idx))
@@ -143,7 +144,7 @@ def default_cache_dir() -> Path:
 
 
 def cached_reference_logps(model, pairs: Sequence[PreferencePair], pad_id: int, device, key: str,
-                           cache_dir: str | Path | None = None, *, max_tokens: int = 16384,
+                           cache_dir: str | Path | None = None, *, max_tokens: int = 2048,
                            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Reference ``(chosen, rejected)`` summed log-probs from ``cache_dir/<key>.pt``, or
     computed (one no-grad pass) and stored there. The third value says whether the cache

@@ -58,9 +58,9 @@ class DPOConfig(TrainStageConfig):
     reference_cache_dir: str | None = None
     """Where cached reference log-probs go; default ``$POSTTRAIN_CACHE`` or
     ``~/.cache/posttrain``, under ``dpo_reference/``."""
-    reference_batch_tokens: int = Field(16384, gt=0)
-    """Padded tokens per batch of the reference pass (it needs no gradients, so it can
-    take much larger batches than training)."""
+    reference_batch_tokens: int = Field(2048, gt=0)
+    """Padded tokens per batch of the reference pass (no gradients; pairs sorted by
+    length). Larger is not faster on a CPU once activations outgrow its caches."""
     truncation: Literal["prompt_left", "drop"] = "prompt_left"
     """Over-long pairs: ``prompt_left`` drops the prompt's oldest tokens until the pair
     fits (keeping at least half of max_length of prompt, or all of a shorter one) and
@@ -85,7 +85,6 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict:
     if examples[0].get("ref") is not None:
         refs = torch.tensor([e["ref"] for e in examples], dtype=torch.float32)
         batch["ref_chosen"], batch["ref_rejected"] = refs[:, 0], refs[:, 1]
-    batch["n_tokens"] = int(batch["attention_mask"].sum())
     return batch
 
 
@@ -194,7 +193,9 @@ def run_dpo(ctx) -> None:
     train_ex = [{"pair": p, "ref": r} for p, r in zip(train, train_refs)]
     eval_ex = [{"pair": p, "ref": r} for p, r in zip(evals, eval_refs)]
     bs = cfg.per_device_batch_size
-    plan = (length_grouped_plan([len(p) for p in train], bs, seed) if cfg.group_by_length
+    from posttrain.data.preference import pair_row_length
+
+    plan = (length_grouped_plan([pair_row_length(p) for p in train], bs, seed) if cfg.group_by_length
             else chunked_plan(len(train), bs, seed))
     Trainer(ctx, policy, train_ex, partial(collate, pad_id=tok.pad_token_id), make_loss_fn(cfg, reference),
             eval_ex, reduction="mean", batch_plan=plan).train()

@@ -74,13 +74,21 @@ def test_truncation_cuts_prompt_from_the_left_then_responses():
     assert fit_pair(pair, 45, "drop") == (pair, False)
 
 
-def test_collate_marks_response_targets():
-    pairs = [PreferencePair([1, 2], [3, 4, 5], [6]), PreferencePair([7], [8], [9, 10])]
+def test_collate_shares_prompt_and_common_response_start():
+    pairs = [PreferencePair([1, 2], [3, 4, 5], [3, 6]), PreferencePair([7], [8], [9, 10])]
     b = collate_pairs(pairs, pad_id=0)
-    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [7, 8, 0, 0, 0], [1, 2, 6, 0, 0], [7, 9, 10, 0, 0]]
-    # column t scores token t+1
-    assert b["loss_mask"].int().tolist() == [[0, 1, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]]
-    assert b["chosen_tokens"].tolist() == [3, 1] and b["rejected_tokens"].tolist() == [1, 2]
+    # pair 0: prompt 1 2, shared 3, chosen rest 4 5, rejected rest 6
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 1, 2, 0, 1]]
+    allow = b["attention_mask"][0, 0].int().tolist()
+    assert allow[5] == [1, 1, 1, 0, 0, 1]  # rejected's 6 sees prompt, shared 3, itself; not chosen's 4 5
+    assert allow[4] == [1, 1, 1, 1, 1, 0]
+    assert b["attention_mask"][1, 0, 4].int().tolist() == [0, 0, 0, 0, 1, 0]  # a pad sees itself only
+    got = sorted(zip(b["score_out"].tolist(), b["score_row"].tolist(), b["score_pos"].tolist(),
+                     b["score_target"].tolist()))
+    assert got == sorted([(0, 0, 1, 3), (0, 0, 2, 4), (0, 0, 3, 5), (2, 0, 1, 3), (2, 0, 2, 6),
+                          (1, 1, 0, 8), (3, 1, 0, 9), (3, 1, 2, 10)])
+    assert b["chosen_tokens"].tolist() == [3, 1] and b["rejected_tokens"].tolist() == [2, 2]
 
 
 def test_one_forward_matches_scoring_each_response_alone(policy):
@@ -97,7 +105,7 @@ def test_one_forward_matches_scoring_each_response_alone(policy):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(pair_logps(policy.model, batch, generic=True), want, atol=1e-4, rtol=1e-5)
-    c, r = score_pairs(policy.model, pairs, policy.tokenizer.pad_token_id, "cpu", max_tokens=64, progress=False)
+    c, r = score_pairs(policy.model, pairs, policy.tokenizer.pad_token_id, "cpu", max_tokens=80, progress=False)
     torch.testing.assert_close(torch.cat([c, r]), want, atol=1e-4, rtol=1e-5)
 
 
