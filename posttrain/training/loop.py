@@ -205,7 +205,7 @@ class Trainer:
                 self.save_checkpoint()
             win.start += time.perf_counter() - paused  # rates count training time only
         bar.close()
-        if self.eval_examples and not last.get("eval_loss") and resume is not None:
+        if self.eval_examples and "eval_loss" not in last:  # resumed after the last step
             last.update(self.evaluate(log_step=True))
         self.save_model(self.ctx.model_dir)
         return last
