@@ -88,6 +88,11 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict:
     return batch
 
 
+def count_pairs(batch: dict) -> int:
+    """Items of a collated batch for the Trainer's mean: DPO averages per pair."""
+    return int(batch["chosen_tokens"].shape[0])
+
+
 def make_loss_fn(cfg: DPOConfig, reference=None):
     """``loss_fn(model, batch) -> LossOutput`` for the Trainer. ``reference(batch)``
     scores the reference live; without it the batch carries cached reference log-probs
@@ -198,4 +203,4 @@ def run_dpo(ctx) -> None:
     plan = (length_grouped_plan([pair_row_length(p) for p in train], bs, seed) if cfg.group_by_length
             else chunked_plan(len(train), bs, seed))
     Trainer(ctx, policy, train_ex, partial(collate, pad_id=tok.pad_token_id), make_loss_fn(cfg, reference),
-            eval_ex, reduction="mean", batch_plan=plan).train()
+            eval_ex, reduction="mean", batch_plan=plan, count_items=count_pairs).train()
