@@ -125,6 +125,9 @@ def main() -> None:
         for mode in modes:
             ours, theirs = args.pairs / best[("posttrain", mode)], args.pairs / best[("trl", mode)]
             print(f"{mode:10s} {ours:18.1f} {theirs:12.1f} {ours / theirs:6.2f}x")
+        if len(modes) == 2:  # posttrain's default (precompute) against TRL's default (live)
+            print(f"posttrain precompute vs TRL live: "
+                  f"{best[('trl', 'live')] / best[('posttrain', 'precompute')]:.2f}x")
 
 
 if __name__ == "__main__":
