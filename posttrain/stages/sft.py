@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-from posttrain.losses.sft import IGNORE_INDEX, sft_loss
+import torch
+
+from posttrain.losses.sft import IGNORE_INDEX, label_positions, sft_loss, sft_loss_at
 from posttrain.recipe.schema import TrainStageConfig
 from posttrain.stages.registry import register_stage
 from posttrain.training import LossOutput, Trainer, get_accelerator, set_seed
@@ -47,15 +49,36 @@ class SFTConfig(TrainStageConfig):
     windows of 64 batches, then the batches shuffled) to cut padding."""
 
 
+# Causal LMs whose logits are exactly ``lm_head(final hidden state)`` (no softcapping or
+# logit scaling), so the loss may apply the head to label positions only.
+PLAIN_HEAD_MODELS = {"olmo", "olmo2", "olmo3", "llama", "mistral", "qwen2", "qwen3"}
+
+
+def decoder_and_head(model):
+    """``(decoder, lm_head)`` of a plain-head causal LM (through a peft wrapper), or None:
+    for other architectures, and for a DDP-wrapped model, whose gradient sync needs its own
+    ``forward`` to run."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    return base.get_decoder(), base.get_output_embeddings()
+
+
 def sft_loss_fn(model, batch: dict) -> LossOutput:
-    """Forward a (padded or packed) batch and return the summed label-token loss."""
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).logits
-    loss_sum, n_tokens = sft_loss(logits, batch["labels"])
+    """Forward a (padded or packed) batch and return the summed label-token loss. When the
+    batch carries ``loss_positions`` / ``loss_targets`` (``with_label_positions``) and the
+    model allows it, only those positions go through the LM head."""
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                  position_ids=batch.get("position_ids"), use_cache=False)
+    parts = decoder_and_head(model) if "loss_positions" in batch else None
+    if parts is not None:
+        decoder, head = parts
+        loss_sum, n = sft_loss_at(decoder(**inputs).last_hidden_state, head, batch["loss_positions"],
+                                  batch["loss_targets"])
+        return LossOutput(loss_sum, n)
+    loss_sum, n_tokens = sft_loss(model(**inputs).logits, batch["labels"])
     return LossOutput(loss_sum, n_tokens)
 
 
@@ -64,15 +87,30 @@ def count_label_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
+def with_label_positions(collate):
+    """Wrap a collate function so its batches carry ``loss_positions`` and
+    ``loss_targets`` (see ``posttrain.losses.sft.label_positions``), found on the CPU."""
+
+    def wrapped(examples):
+        batch = collate(examples)
+        batch["loss_positions"], batch["loss_targets"] = label_positions(batch["labels"])
+        return batch
+
+    return wrapped
+
+
 def make_batching(cfg: SFTConfig, examples: list[dict], pad_id: int, seed: int):
-    """``(collate, batch_plan)`` for the config's packing / length grouping."""
+    """``(collate, batch_plan)`` for the config's packing / length grouping. With
+    ``compile``, rows are padded to ``max_length`` so every batch has the same shape and
+    the model compiles once (use ``packing`` too, or the padding costs FLOPs)."""
     lengths = [len(e["input_ids"]) for e in examples]
     bs = cfg.per_device_batch_size
+    width = cfg.max_length if cfg.compile else None
     if cfg.packing:
-        return (partial(packed_collate, pad_id=pad_id, max_length=cfg.max_length),
-                packed_plan(lengths, bs, cfg.max_length, seed))
+        collate = partial(packed_collate, pad_id=pad_id, max_length=cfg.max_length, width=width)
+        return with_label_positions(collate), packed_plan(lengths, bs, cfg.max_length, seed)
     plan = length_grouped_plan(lengths, bs, seed) if cfg.group_by_length else chunked_plan(len(examples), bs, seed)
-    return partial(pad_collate, pad_id=pad_id), plan
+    return with_label_positions(partial(pad_collate, pad_id=pad_id, width=width)), plan
 
 
 @register_stage("sft", SFTConfig)

@@ -93,11 +93,12 @@ def packed_plan(lengths: Sequence[int], rows_per_batch: int, max_length: int, se
     return plan
 
 
-def pad_collate(examples: Sequence[Example], pad_id: int) -> dict:
+def pad_collate(examples: Sequence[Example], pad_id: int, width: int | None = None) -> dict:
     """Right-pad ``input_ids`` (with ``pad_id``) and ``labels`` (with -100) to the longest
-    example; ``attention_mask`` marks real tokens. ``n_tokens`` (a Python int) counts them,
-    for throughput without a device sync."""
-    width = max(len(e["input_ids"]) for e in examples)
+    example, or to ``width`` when given (static shapes for a compiled model);
+    ``attention_mask`` marks real tokens. ``n_tokens`` (a Python int) counts them, for
+    throughput without a device sync."""
+    width = max([len(e["input_ids"]) for e in examples] + [width or 0])
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -111,13 +112,14 @@ def pad_collate(examples: Sequence[Example], pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "n_tokens": n_tokens}
 
 
-def packed_collate(examples: Sequence[Example], pad_id: int, max_length: int) -> dict:
+def packed_collate(examples: Sequence[Example], pad_id: int, max_length: int, width: int | None = None) -> dict:
     """Pack examples (in the given order, next-fit) into rows of at most ``max_length``
     tokens. Returns ``input_ids``, ``labels``, ``position_ids`` (restarting at 0 per
     example) and no ``attention_mask``. Row padding gets its own position run, so it forms
-    a separate masked-out segment."""
+    a separate masked-out segment. Rows are as wide as the fullest one, or ``width`` when
+    given (static shapes for a compiled model)."""
     rows = pack_rows([len(e["input_ids"]) for e in examples], max_length)
-    width = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
+    width = max([sum(len(examples[i]["input_ids"]) for i in row) for row in rows] + [width or 0])
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
