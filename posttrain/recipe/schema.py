@@ -113,6 +113,10 @@ class TrainStageConfig(Strict):
     """Longest tokenized example, in tokens."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile: bool = False
+    """``torch.compile`` the training forward and backward (fused kernels, less per-op
+    overhead). The first steps pay the compilation; numerics differ from eager in the last
+    bits, so a run is bitwise-reproducible on resume only against compiled runs."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter instead of all weights."""
     logging_steps: int = Field(10, gt=0)

@@ -22,15 +22,17 @@ Usage from a stage runner::
   indices, a pure function of the epoch (see ``batching.py``); default: shuffled chunks of
   ``per_device_batch_size`` seeded by the stage's seed.
 
-Hyperparameters come from ``ctx.config`` (``TrainStageConfig``). An optimizer step takes
-``gradient_accumulation_steps`` micro-batches per process; steps do not cross epochs (the
-last step of an epoch may take fewer). ``accelerate`` owns device placement, DDP gradient
-sync (``no_sync`` on all but the last micro-batch) and ``backward``; the loop does the
-accumulation itself because the ``mean`` divisor is only known once every micro-batch of
-the step has been seen. Metrics go to ``ctx.metrics`` every ``logging_steps``: ``loss``
-(per item), ``lr``, ``grad_norm`` (before clipping, mean over the window), ``tokens_per_s``,
-``steps_per_s``, ``tokens`` (seen so far), ``epoch``, plus each ``LossOutput.metrics`` key
-averaged per item, and ``eval_loss`` / ``eval_<metric>`` every ``eval_steps`` and at the end.
+Hyperparameters come from ``ctx.config`` (``TrainStageConfig``); ``compile: true`` runs
+``loss_fn`` through ``torch.compile`` (the batch it sees then holds only the tensors). An
+optimizer step takes ``gradient_accumulation_steps`` micro-batches per process; steps do
+not cross epochs (the last step of an epoch may take fewer). ``accelerate`` owns device
+placement, DDP gradient sync (``no_sync`` on all but the last micro-batch) and
+``backward``; the loop does the accumulation itself because the ``mean`` divisor is only
+known once every micro-batch of the step has been seen. Metrics go to ``ctx.metrics``
+every ``logging_steps``: ``loss`` (per item), ``lr``, ``grad_norm`` (before clipping, mean
+over the window), ``tokens_per_s``, ``steps_per_s``, ``tokens`` (seen so far), ``epoch``,
+plus each ``LossOutput.metrics`` key averaged per item, and ``eval_loss`` /
+``eval_<metric>`` every ``eval_steps`` and at the end.
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class Trainer:
             list(range(i, min(i + bs, len(self.eval_examples)))) for i in range(0, len(self.eval_examples), bs)
         ]
         self.progress, self.count_items = progress, count_items
+        # Compiling the loss function (not the module) keeps the model's state_dict keys,
+        # saving, LoRA and generation untouched; dynamo traces through the model's forward.
+        self._compiled_loss = torch.compile(loss_fn) if getattr(self.cfg, "compile", False) else None
         self.acc = get_accelerator()
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         self.per_step = self.cfg.gradient_accumulation_steps * self.world
@@ -252,7 +257,7 @@ class Trainer:
             batch = self._to_device(cpu_batch)
             sync = i == len(mine) - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                out = self.loss_fn(self.model, batch)
+                out = self._loss(batch)
                 if dummy:
                     self.acc.backward(out.loss_sum * 0)
                     continue
@@ -267,6 +272,12 @@ class Trainer:
             scale = self.world / step_items.clamp(min=1) if self.reduction == "mean" else float(self.world)
             torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], scale)
         return loss_sum, items, metrics, tokens
+
+    def _loss(self, batch: dict) -> LossOutput:
+        if self._compiled_loss is None:
+            return self.loss_fn(self.model, batch)
+        # Python scalars (``n_tokens``) would be baked into the graph: a recompile per batch.
+        return self._compiled_loss(self.model, {k: v for k, v in batch.items() if torch.is_tensor(v)})
 
     def _to_device(self, batch: dict) -> dict:
         dev = self.acc.device
@@ -304,7 +315,7 @@ class Trainer:
         items = torch.zeros((), device=self.acc.device, dtype=torch.long)
         sums: dict[str, torch.Tensor] = {}
         for idx in self.eval_plan[self.rank :: self.world]:
-            out = self.loss_fn(self.model, self._to_device(self.collate([self.eval_examples[j] for j in idx])))
+            out = self._loss(self._to_device(self.collate([self.eval_examples[j] for j in idx])))
             loss_sum += out.loss_sum.double()
             items += out.n_items
             for k, v in out.metrics.items():
