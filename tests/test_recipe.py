@@ -96,3 +96,11 @@ def test_cli_dry_run(tmp_path, data_file):
     r = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(p), "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "recipe OK: stages sft" in r.stdout
+
+
+def test_model_path_with_folders_must_exist(tmp_path, data_file):
+    p = write(tmp_path, GOOD.format(out=tmp_path / "run", data=data_file))
+    with pytest.raises(RecipeError, match="no model folder at 'models/not/here'"):
+        load_recipe(p, ["model.name_or_path=models/not/here"])
+    # a hub id is taken as such (nothing is fetched at validation time)
+    assert load_recipe(p, ["model.name_or_path=allenai/OLMo-2-0425-1B"]).model.name_or_path == "allenai/OLMo-2-0425-1B"

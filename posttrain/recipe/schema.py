@@ -39,7 +39,8 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _local_folder_exists(self):
         p = self.name_or_path
-        looks_local = p.startswith((".", "/", "~")) or (Path(p).suffix == "" and Path(p).exists())
+        # A hub id is "org/name" (or a bare legacy "name"); a deeper path is a folder.
+        looks_local = p.startswith((".", "/", "~")) or p.count("/") >= 2 or Path(p).exists()
         if p != "tiny" and looks_local and not Path(p).expanduser().is_dir():
             raise ValueError(f"name_or_path: no model folder at {p!r}")
         return self
