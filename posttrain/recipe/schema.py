@@ -116,8 +116,9 @@ class TrainStageConfig(Strict):
     """Recompute activations in the backward pass to save memory."""
     compile: bool = False
     """``torch.compile`` the training forward and backward (fused kernels, less per-op
-    overhead). The first steps pay the compilation; numerics differ from eager in the last
-    bits, so a run is bitwise-reproducible on resume only against compiled runs."""
+    overhead; SFT then pads rows to ``max_length``, so use it with ``packing``). The first
+    steps pay the compilation. Numerics differ from eager in the last bits; the bitwise
+    kill/resume guarantee is tested for eager runs."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter instead of all weights."""
     logging_steps: int = Field(10, gt=0)
