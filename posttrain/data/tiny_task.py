@@ -122,6 +122,29 @@ def solve(p: Problem) -> str:
     return text
 
 
+def miscopies(n: int) -> list[int]:
+    """Ways to restate an operand wrongly: a digit doubled or repeated (6 -> 66, 35 -> 33 or
+    55) or the tens off by one. Copying an operand wrongly is the commonest mistake of the
+    SFT'd tiny model, so preference pairs that reject it teach what it gets wrong."""
+    out = {11 * n} if n < 10 else {(n // 10) * 11, (n % 10) * 11}
+    out |= {n + 10, n - 10}
+    return sorted(v for v in out if 0 <= v <= 99 and v != n)
+
+
+def miscopied_answers(p: Problem) -> list[tuple[str, str]]:
+    """Consistent worked answers to the question with one operand copied wrongly."""
+    work = work_add if p.op == "+" else work_sub
+    wrong = [(v, p.y) for v in miscopies(p.x)] + [(p.x, v) for v in miscopies(p.y)]
+    out = []
+    for x, y in wrong:
+        if p.op == "-" and x < y:
+            continue
+        text, result = work(x, y)
+        if result != p.answer:
+            out.append(("miscopied_operand", text))
+    return out
+
+
 def wrong_answers(p: Problem) -> list[tuple[str, str]]:
     """Plausible wrong worked answers ``(kind, text)``, each internally consistent: a
     dropped carry or borrow, an off-by-one slip in the ones column, the other operation."""
@@ -172,7 +195,9 @@ def eval_row(p: Problem, rng: random.Random) -> dict:
 
 def dpo_row(p: Problem, rng: random.Random) -> dict:
     q = ask(p, rng)
-    kind, bad = rng.choice(wrong_answers(p))
+    # Half the pairs reject a miscopied operand, half an arithmetic slip.
+    copied = miscopied_answers(p)
+    kind, bad = rng.choice(copied if copied and rng.random() < 0.5 else wrong_answers(p))
     user = {"role": "user", "content": q}
     return {"chosen": [user, {"role": "assistant", "content": solve(p)}],
             "rejected": [user, {"role": "assistant", "content": bad}], "rejected_kind": kind}
