@@ -35,3 +35,24 @@ class StageContext:
     def checkpoint_dir(self) -> Path:
         """Where resumable ``stepN-tokensM`` checkpoints go."""
         return self.stage_dir / "checkpoints"
+
+    @property
+    def seed(self) -> int:
+        """The stage's seed: its own, else the recipe's."""
+        return self.config.seed if self.config.seed is not None else self.recipe.seed
+
+    def load_policy(self, *, trainable: bool = True):
+        """The stage's input model on this process's device. ``trainable`` applies the
+        stage's LoRA and gradient-checkpointing settings; without it the plain model comes
+        back (e.g. a frozen reference)."""
+        from posttrain.policy import LoraSettings, Policy
+        from posttrain.training import get_accelerator, set_seed
+
+        cfg = self.config
+        lora = LoraSettings(**cfg.lora.model_dump()) if trainable and cfg.lora else None
+        if lora is not None:
+            set_seed(self.seed)  # LoRA initialises its adapters from the global RNG
+        return Policy.load(self.input_model, revision=self.input_revision, dtype=self.recipe.model.dtype,
+                           device=str(get_accelerator().device), lora=lora,
+                           gradient_checkpointing=trainable and cfg.gradient_checkpointing)
+

@@ -158,16 +158,12 @@ def precompute_reference(ctx, policy, pairs: list[PreferencePair], desc: str) ->
 @register_stage("dpo", DPOConfig)
 def run_dpo(ctx) -> None:
     from posttrain.data.preference import build_preference_pairs, report_metrics
-    from posttrain.policy import LoraSettings, Policy
 
     cfg: DPOConfig = ctx.config
-    seed = cfg.seed if cfg.seed is not None else ctx.recipe.seed
+    seed = ctx.seed
     acc = get_accelerator()
-    set_seed(seed)  # before loading: LoRA initialises its adapters from the global RNG
-    lora = LoraSettings(**cfg.lora.model_dump()) if cfg.lora else None
-    load = partial(Policy.load, ctx.input_model, revision=ctx.input_revision, dtype=ctx.recipe.model.dtype,
-                   device=str(acc.device))
-    policy = load(lora=lora, gradient_checkpointing=cfg.gradient_checkpointing)
+    set_seed(seed)
+    policy = ctx.load_policy()
     tok = policy.tokenizer
     truncation = cfg.truncation
     train, stats = build_preference_pairs(cfg.train_data, tok, cfg.max_length, truncation, seed,
@@ -192,7 +188,7 @@ def run_dpo(ctx) -> None:
     elif needs_ref:
         frozen = None
         if not policy.is_lora:
-            frozen = load().model.eval().requires_grad_(False)
+            frozen = ctx.load_policy(trainable=False).model.eval().requires_grad_(False)
         reference = live_reference(policy, frozen)
 
     train_ex = [{"pair": p, "ref": r} for p, r in zip(train, train_refs)]

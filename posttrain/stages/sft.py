@@ -116,15 +116,12 @@ def make_batching(cfg: SFTConfig, examples: list[dict], pad_id: int, seed: int):
 @register_stage("sft", SFTConfig)
 def run_sft(ctx) -> None:
     from posttrain.data.sft import build_sft_examples
-    from posttrain.policy import LoraSettings, Policy
 
     cfg: SFTConfig = ctx.config
-    seed = cfg.seed if cfg.seed is not None else ctx.recipe.seed
+    seed = ctx.seed
     acc = get_accelerator()
-    set_seed(seed)  # before loading: LoRA initialises its adapters from the global RNG
-    lora = LoraSettings(**cfg.lora.model_dump()) if cfg.lora else None
-    policy = Policy.load(ctx.input_model, revision=ctx.input_revision, dtype=ctx.recipe.model.dtype,
-                         device=str(acc.device), lora=lora, gradient_checkpointing=cfg.gradient_checkpointing)
+    set_seed(seed)
+    policy = ctx.load_policy()
     tok = policy.tokenizer
     train, stats = build_sft_examples(cfg.train_data, tok, cfg.max_length, cfg.overlong, seed)
     if not train:
