@@ -40,9 +40,10 @@ def prepare_base_model(recipe: Recipe, run_dir: Path) -> tuple[str, str | None]:
 def run_recipe(recipe: Recipe, only: list[str] | None = None) -> Path:
     # Under `accelerate launch` every process runs this; only the main one writes shared
     # files, the others wait for it.
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # see training.loop.get_accelerator
     run_dir = Path(recipe.output_dir)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ def get_accelerator():
     again is cheap). fp32 on a CPU; on a GPU the policy's dtype decides, no autocast."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision="no")
+    # cpu=True on a machine without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE
+    # there and every process trains alone (gloo is the CPU backend).
+    return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
 
 
 def set_seed(seed: int) -> None:
