@@ -65,7 +65,8 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> Path:
 
 def _run_stage(recipe, name, config, model, revision, stage_dir: Path, state) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    log.info("stage %s: from %s into %s", name, model, stage_dir)
+    if state.is_main_process:
+        log.info("stage %s: from %s into %s", name, model, stage_dir)
     m = recipe.metrics
     writer = MetricsWriter(stage_dir / "metrics.jsonl", tensorboard=m.tensorboard, wandb=m.wandb,
                            wandb_project=m.wandb_project, run_name=f"{Path(recipe.output_dir).name}-{name}",
