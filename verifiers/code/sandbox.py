@@ -144,6 +144,13 @@ def _bwrap_cmd(root: bool) -> list[str] | None:
            "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
            "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--chdir", "/tmp"]
+    # The private /tmp hides whatever the host keeps there: a checkout or virtualenv under
+    # /tmp (CI clones there) would lose its interpreter and the server script. Bind those
+    # back, read-only.
+    needed = _python_paths() + [os.path.dirname(os.path.realpath(_SERVER))]
+    for path in needed:
+        if path.startswith("/tmp/"):
+            cmd += ["--ro-bind", path, path]
     if root:
         cmd += _unhide_args(_python_paths())
         cmd += ["--cap-drop", "ALL"]
