@@ -8,7 +8,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # pip takes the CPU build of torch==2.13.0 on this kind of machine (pinned in pyproject);
 # GPU users: see README, "Installing on a GPU machine".
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# (This machine's pip config names local indexes that may be absent: drop those warnings.)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2> >(grep -v "^WARNING: Location '" >&2)
 
 # The code verifier's sandbox (bubblewrap); without it the verifier falls back to
 # resource limits alone and warns.
