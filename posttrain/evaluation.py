@@ -8,33 +8,13 @@ verifier."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from posttrain.errors import DataError
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a bad line is a ``DataError`` naming file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    rows = []
-    with open(p) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{n}: expected a JSON object per line")
-            rows.append(row)
-    return rows
+from posttrain.jsonl import read_jsonl, write_jsonl_atomic
 
 
 def prompt_messages(row: dict, where: str) -> list[dict]:
@@ -116,17 +96,9 @@ def evaluate_recipe_stage(ctx) -> dict:
                                source=cfg.data)
     ctx.metrics.log(-1, **{"eval/accuracy": summary["accuracy"], "eval/n": summary["n"]})
     (ctx.stage_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
+    write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
     print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
     return summary
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _cmd_eval(args) -> int:
@@ -143,7 +115,7 @@ def _cmd_eval(args) -> int:
     summary, scored = evaluate(policy, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                workers=args.workers, source=args.data)
     if args.output:
-        _write_jsonl_atomic(Path(args.output), scored)
+        write_jsonl_atomic(Path(args.output), scored)
     print(f"accuracy {summary['accuracy']:.4f} on {summary['n']} rows")
     for name, v in summary["per_verifier"].items():
         print(f"  {name}: {v['accuracy']:.4f} ({v['n']} rows)")

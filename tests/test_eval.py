@@ -41,7 +41,7 @@ def test_eval_bad_input_is_one_line(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "dataset": "gsm8k", "ground_truth": "1"}\nnot json\n')
     r = _run(tiny_model_dir, "--data", bad)
-    assert r.returncode == 2 and r.stderr.strip() == f"posttrain eval: error: {bad}:2: not valid JSON (Expecting value)"
+    assert r.returncode == 2 and r.stderr.strip() == f"posttrain eval: error: {bad}: line 2: bad JSON (Expecting value)"
     bad.write_text('{"prompt": "x", "dataset": "no_such_verifier", "ground_truth": "1"}\n')
     r = _run(tiny_model_dir, "--data", bad)
     assert r.returncode == 2 and "no_such_verifier" in r.stderr and "Traceback" not in r.stderr

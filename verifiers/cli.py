@@ -7,10 +7,11 @@ in the same order. Bad input is reported in one line on stderr with exit status 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
+
+from posttrain.errors import DataError
+from posttrain.jsonl import read_jsonl, write_jsonl_atomic
 
 EXIT_BAD_INPUT = 2
 
@@ -42,25 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _read_rows(path: str) -> list[dict]:
     try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise _BadInput(f"cannot read {path}: {e.strerror or e}") from None
-    rows = []
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise _BadInput(f"{path}: line {lineno}: bad JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise _BadInput(f"{path}: line {lineno}: expected a JSON object")
-            for key in ("response", "dataset", "ground_truth"):
-                if key not in row:
-                    raise _BadInput(f"{path}: line {lineno}: missing field {key!r}")
-            rows.append(row)
-    return rows
+        return read_jsonl(path, required=("response", "dataset", "ground_truth"))
+    except DataError as e:
+        raise _BadInput(str(e)) from None
 
 
 def _parse_weights(items: list[str]) -> dict[str, float]:
@@ -74,24 +59,6 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
         except ValueError:
             raise _BadInput(f"--weight {item!r}: expected NAME=NUMBER") from None
     return weights
-
-
-def _write_atomic(path: str, rows: list[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".jsonl.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -122,7 +89,7 @@ def run_verify(args: argparse.Namespace) -> int:
         row["reason"] = res.reason
         out.append(row)
     try:
-        _write_atomic(args.output, out)
+        write_jsonl_atomic(args.output, out)
     except OSError as e:
         print(f"posttrain verify: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT

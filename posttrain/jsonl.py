@@ -1,0 +1,57 @@
+"""JSON Lines in and out, shared by every command that reads rows or writes results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from posttrain.errors import DataError
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
+    """The objects of a JSONL file, blank lines skipped. A file that cannot be read, a line
+    that is not a JSON object, or a row without a ``required`` field is a ``DataError``
+    naming the file and line."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    rows = []
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}: line {n}: bad JSON ({getattr(e, 'msg', e)})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n}: expected a JSON object")
+            for key in required:
+                if key not in row:
+                    raise DataError(f"{path}: line {n}: missing field {key!r}")
+            rows.append(row)
+    return rows
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write rows to a temporary file beside ``path``, then rename it over ``path``: a
+    reader never sees half a file, and a crash leaves the previous file intact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".posttrain-", suffix=".jsonl.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
