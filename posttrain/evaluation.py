@@ -69,10 +69,10 @@ def check_rows(rows: list[dict], source: str) -> None:
 def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size: int = 64,
              workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
     """Generate greedily for every row, score with the verifiers; returns the summary and
-    the rows with ``response``, ``score`` and ``reason`` added."""
+    the rows with ``response``, ``score`` and ``reason`` added. Callers run ``check_rows``
+    first, before loading the model, so bad rows cost no model load or generation."""
     from posttrain.verifiers.scoring import score_rows
 
-    check_rows(rows, source)
     convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
     responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
@@ -91,6 +91,7 @@ def evaluate_recipe_stage(ctx) -> dict:
 
     cfg = ctx.recipe.eval
     rows = read_jsonl(cfg.data)[: cfg.limit]
+    check_rows(rows, cfg.data)
     policy = Policy.load(ctx.model_dir, dtype=ctx.recipe.model.dtype)
     summary, scored = evaluate(policy, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                source=cfg.data)
