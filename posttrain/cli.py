@@ -9,14 +9,20 @@ import sys
 
 
 def _cmd_run(args) -> int:
-    from posttrain.pipeline import run_recipe
+    from pathlib import Path
+
+    from posttrain.pipeline import plan_run, run_recipe
     from posttrain.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)  # validates everything before a model loads
     if args.dry_run:
-        print(f"recipe OK: stages {', '.join(recipe.stages)} -> {recipe.output_dir}")
+        # The plan also checks finished stages in the run directory against the recipe.
+        steps = plan_run(recipe, Path(recipe.output_dir), args.force_stage)
+        names = [n if c.type in (None, n) else f"{n} ({c.type})" for n, c in recipe.stages.items()]
+        print(f"recipe OK: stages {', '.join(names)} -> {recipe.output_dir}")
+        print("plan: " + ", ".join(f"{s.name} {s.action}{' (forced)' if s.forced else ''}" for s in steps))
         return 0
-    run_dir = run_recipe(recipe)
+    run_dir = run_recipe(recipe, force_stage=args.force_stage)
     print(f"done: {run_dir}")
     return 0
 
@@ -45,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="path to the recipe YAML")
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override a field, e.g. --set stages.sft.learning_rate=1e-5 (repeatable)")
-    r.add_argument("--dry-run", action="store_true", help="validate the recipe and stop")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate the recipe, check the run directory against it, print the plan and stop")
+    r.add_argument("--force-stage", metavar="NAME", default=None,
+                   help="run stage NAME and every stage after it again, deleting their folders first")
     r.set_defaults(func=_cmd_run)
 
     i = sub.add_parser("init-model", help="create the tiny OLMo-2 in a folder")
@@ -57,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stage", nargs="?", help="a stage name for its fields only")
     s.set_defaults(func=_cmd_schema)
 
-    for module in ("posttrain.evaluation", "posttrain.verifiers.cli"):
+    for module in ("posttrain.evaluation", "posttrain.verifiers.cli", "posttrain.soup", "posttrain.report",
+                   "posttrain.generation", "posttrain.data.onpolicy_pairs"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:

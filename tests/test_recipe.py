@@ -58,6 +58,13 @@ BAD = [
     (["eval={data: nothing.jsonl}"], "eval.data: no such data file: nothing.jsonl"),
     (["stages.sft.learning_rate.x=1"], "--set stages.sft.learning_rate.x: stages.sft.learning_rate is not a section"),
     (["learning_rate"], "--set 'learning_rate': expected dotted.path=value"),
+    (["stages.sft.type=rlhf"], "stages.sft.type: unknown stage type 'rlhf' (known: sft, dpo"),
+    (["stages.sft2={type: sft, train_data: [{from_stage: sft}], learning_rate: 1.0}"],
+     "stages.sft2.train_data.0.from_stage: stage 'sft' (sft) writes a model, not data"),
+    (["stages.sft.eval_data=[{from_stage: sft2}]", "stages.sft2={type: sft, train_data: [{path: %DATA%}], "
+      "learning_rate: 1.0}"], "stages.sft.eval_data.0.from_stage: stage 'sft2' runs after 'sft'"),
+    (["stages.sft.train_data=[{from_stage: pairs}]"], "stages.sft.train_data.0.from_stage: no stage 'pairs' in this"),
+    (["stages.sft.train_data=[{path: %DATA%, from_stage: sft}]"], "stages.sft.train_data.0: give either path"),
 ]
 
 
@@ -89,6 +96,17 @@ def test_cli_bad_recipe_is_one_line_and_exit_2(tmp_path, data_file):
     assert r.returncode == 2
     assert r.stderr.strip() == "posttrain run: error: stages.sft.max_length: Input should be greater than 1"
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_impossible_stage_order_is_one_line_and_exit_2(tmp_path, data_file):
+    p = write(tmp_path, GOOD.format(out=tmp_path / "run", data=data_file))
+    r = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(p), "--set",
+                        "stages.sft.train_data=[{from_stage: dpo}]", "--set",
+                        f"stages.dpo={{train_data: [{{path: {data_file}}}]}}"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("posttrain run: error: stages.sft.train_data.0.from_stage: stage 'dpo' runs after "
+                                "'sft'; a stage reads only what an earlier stage wrote, so put 'dpo' before 'sft'")
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_dry_run(tmp_path, data_file):

@@ -3,6 +3,7 @@ loads. Every problem becomes a ``RecipeError`` whose message names the field pat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,13 @@ import yaml
 from pydantic import ValidationError
 
 from posttrain.errors import PosttrainError
+from posttrain.recipe.chain import chain_problems
 from posttrain.recipe.schema import Recipe
 from posttrain.stages.registry import get_stage, stage_names
+
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+"""A stage's name is its folder in the run directory."""
+RESERVED_NAMES = {"base": "the run directory's folder for the tiny starting model"}
 
 
 class RecipeError(PosttrainError):
@@ -23,7 +29,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as e:
+        raise RecipeError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -33,6 +41,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for item in overrides or []:
         apply_override(raw, item)
     return validate_recipe(raw)
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping in the recipe file names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; in a recipe that silently
+    drops a stage (``rlvr:`` written twice for two RL stages), so it is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                hint = ""
+                if isinstance(key, str) and key in stage_names():
+                    hint = f" (to run {key} twice, give each stage its own name and type: {key})"
+                raise DuplicateKeyError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}{hint}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -70,17 +99,35 @@ def validate_recipe(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("stages: a recipe needs at least one stage, e.g. stages: {sft: {...}}")
     stages = {}
     for name, section in stages_raw.items():
-        if name not in stage_names():
-            raise RecipeError(f"stages.{name}: unknown stage (known: {', '.join(stage_names())})")
+        where = f"stages.{name}"
+        if not isinstance(name, str) or not STAGE_NAME.match(name):
+            raise RecipeError(f"{where}: a stage name is its folder in the run directory: letters, digits, "
+                              "'_' and '-', starting with a letter or digit")
+        if name in RESERVED_NAMES:
+            raise RecipeError(f"{where}: {name!r} is {RESERVED_NAMES[name]}; name the stage otherwise and give "
+                              "its runner with type:")
+        if section is None:
+            section = {}
         if not isinstance(section, dict):
-            raise RecipeError(f"stages.{name}: expected a mapping of fields")
-        section = {**section}
+            raise RecipeError(f"{where}: expected a mapping of fields")
+        kind = section.get("type") or name
+        if kind not in stage_names():
+            known = ", ".join(stage_names())
+            if section.get("type"):
+                raise RecipeError(f"{where}.type: unknown stage type {kind!r} (known: {known})")
+            raise RecipeError(f"{where}: unknown stage type {name!r} (known: {known}); a stage named otherwise "
+                              "says which it is with type:")
+        section = {**section, "type": kind}
         section.setdefault("seed", raw.get("seed", 0))
         try:
-            stages[name] = get_stage(name).config_cls.model_validate(section)
+            stages[name] = get_stage(kind).config_cls.model_validate(section)
         except ValidationError as e:
-            raise RecipeError(_format(e, f"stages.{name}")) from None
+            raise RecipeError(_format(e, where)) from None
     try:
-        return Recipe.model_validate({**raw, "stages": stages})
+        recipe = Recipe.model_validate({**raw, "stages": stages})
     except ValidationError as e:
         raise RecipeError(_format(e)) from None
+    problems = chain_problems(recipe)
+    if problems:
+        raise RecipeError(problems[0])
+    return recipe

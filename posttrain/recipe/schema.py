@@ -1,9 +1,10 @@
 """The typed recipe schema. Every field is documented where it is declared; the docstrings
 are the reference for recipe authors (``posttrain schema`` prints them).
 
-Stage-specific configs (``SFTConfig``, ``DPOConfig``, ...) subclass ``TrainStageConfig``
-and live beside their runners in ``posttrain/stages/``; they are looked up by stage name
-through ``posttrain.stages.registry``.
+Stage-specific configs (``SFTConfig``, ``DPOConfig``, ...) subclass ``StageConfig`` (a
+training stage: ``TrainStageConfig``) and live beside their runners in
+``posttrain/stages/``; the loader picks the class by the section's ``type`` (default: its
+key) through ``posttrain.stages.registry``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow", ".csv")
 
@@ -60,10 +61,15 @@ class LoraConfig(Strict):
 
 
 class DataSource(Strict):
-    """One dataset in a mixture."""
+    """One dataset in a mixture: a file or hub dataset (``path``), or the data an earlier
+    stage of the recipe wrote (``from_stage``)."""
 
-    path: str
+    path: str | None = None
     """A local JSONL / JSON / Parquet / Arrow / CSV file, or a hub dataset name."""
+    from_stage: str | None = None
+    """Instead of ``path``: the name of an earlier, data-writing stage of this recipe (e.g. a
+    ``pairs`` stage); the run reads ``<output_dir>/<name>/data.jsonl``, which that stage
+    writes."""
     amount: float | int = 1.0
     """How much of it to use, as open-instruct's mixer: a number with a decimal point is a
     fraction of the dataset (above 1.0 upsamples), an integer is a row count."""
@@ -72,8 +78,8 @@ class DataSource(Strict):
 
     @field_validator("path")
     @classmethod
-    def _local_file_exists(cls, v: str) -> str:
-        if v.endswith(LOCAL_DATA_SUFFIXES) and not Path(v).expanduser().exists():
+    def _local_file_exists(cls, v: str | None) -> str | None:
+        if v is not None and v.endswith(LOCAL_DATA_SUFFIXES) and not Path(v).expanduser().exists():
             raise ValueError(f"no such data file: {v}")
         return v
 
@@ -84,8 +90,36 @@ class DataSource(Strict):
             raise ValueError("amount must be > 0 (a fraction like 0.5, or a row count like 1000)")
         return v
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        # The pipeline fills ``path`` of a from_stage source with the file it resolves to
+        # (``model_copy``, which does not validate); a recipe gives exactly one of them.
+        if (self.path is None) == (self.from_stage is None):
+            raise ValueError("give either path (a file or hub dataset) or from_stage (an earlier stage's data)")
+        return self
 
-class TrainStageConfig(Strict):
+
+class ModelFromStage(Strict):
+    """A model folder written by an earlier stage of the same recipe, e.g. a PPO value model
+    initialised from an ``rm`` stage: ``value_model: {from_stage: rm}``. A stage runner turns
+    it into a path with ``ctx.resolve_model``."""
+
+    from_stage: str
+    """Name of an earlier stage that writes a model (a policy or, e.g., a reward model)."""
+
+
+class StageConfig(Strict):
+    """Fields of every stage section, training or not."""
+
+    type: str | None = None
+    """Which runner this stage is (``posttrain schema`` lists them); by default the stage's
+    name, so ``sft: {...}`` runs ``sft``. Set it to run one runner twice under two names,
+    e.g. ``rlvr_mixed: {type: rlvr, ...}`` then ``rlvr_math: {type: rlvr, ...}``."""
+    seed: int | None = None
+    """Seed for shuffling, dropout and sampling; defaults to the recipe's seed."""
+
+
+class TrainStageConfig(StageConfig):
     """Hyperparameters every training stage shares."""
 
     train_data: list[DataSource]
@@ -129,8 +163,6 @@ class TrainStageConfig(Strict):
     """Write a resumable checkpoint every N optimizer steps (one is always written at the end)."""
     keep_last: int = Field(2, gt=0)
     """Keep only the newest K step checkpoints."""
-    seed: int | None = None
-    """Seed for shuffling, dropout and sampling; defaults to the recipe's seed."""
 
 
 class MetricsConfig(Strict):
@@ -173,9 +205,13 @@ class Recipe(Strict):
     """Default seed of every stage."""
     model: ModelConfig = ModelConfig()
     """The starting weights."""
-    stages: dict[str, TrainStageConfig]
-    """Stages by name (``sft``, ``dpo``, ``rlvr``), run in the order written; each starts
-    from the previous one's output."""
+    # SerializeAsAny: dump each stage with its own class's fields (packing, beta, ...), not
+    # only the base class's, so the run directory's recipe.yaml reproduces the run.
+    stages: dict[str, SerializeAsAny[StageConfig]]
+    """Stages by name, run in the order written. A stage's name is its folder in the run
+    directory and, unless it sets ``type``, also its runner (``sft``, ``dpo``, ...). A
+    stage that trains the policy starts from the previous such stage's output; a stage
+    that writes data or another model (``pairs``, ``rm``) leaves the policy as it was."""
     eval: EvalConfig | None = None
     """Evaluate with the verifiers after each stage."""
     metrics: MetricsConfig = MetricsConfig()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from posttrain.errors import PosttrainError
 from posttrain.recipe.schema import Recipe
 from posttrain.stages.registry import get_stage, stage_names
 
@@ -20,12 +21,24 @@ def _walk(model: type[BaseModel], prefix: str, out: list[str]) -> None:
 
 
 def print_schema(stage: str | None = None) -> None:
+    """Print the recipe's fields, then each stage type's; with ``stage``, that type's only.
+    A stage's section is ``stages.<name>``, where the name is the type unless the section
+    sets ``type:``."""
     out: list[str] = []
     if stage is None:
         _walk(Recipe, "", out)
         names = stage_names()
-    else:
+    elif stage in stage_names():
         names = [stage]
+    else:
+        raise PosttrainError(f"unknown stage type {stage!r} (known: {', '.join(stage_names())})")
     for n in names:
-        _walk(get_stage(n).config_cls, f"stages.{n}.", out)
+        spec = get_stage(n)
+        if stage is None:
+            out.append(f"\n# type {n}: {_first_line(spec.config_cls.__doc__)} Produces: {spec.produces}.")
+        _walk(spec.config_cls, f"stages.{n}.", out)
     print("\n".join(out))
+
+
+def _first_line(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
