@@ -3,7 +3,8 @@
 A row holds the prompt as ``messages`` (the turns before the answer) or ``prompt`` (one
 user message), and ``dataset`` (verifier name or list) with ``ground_truth``, as in
 open-instruct's RLVR datasets. Accuracy is the mean verifier score, overall and per
-verifier."""
+verifier. ``--suite gsm8k,math500,ifeval`` runs the standard evaluations instead
+(``posttrain.eval_suites``)."""
 
 from __future__ import annotations
 
@@ -102,19 +103,48 @@ def evaluate_recipe_stage(ctx) -> dict:
     return summary
 
 
+def _check_model_arg(model_arg: str) -> None:
+    model = Path(model_arg)
+    if (model_arg.startswith((".", "/")) or model.exists()) and not (model / "config.json").is_file():
+        raise DataError(f"{model_arg}: not a model folder (no config.json)")
+
+
+def _cmd_eval_suites(args) -> int:
+    """``--suite``: the standard evaluations, each from its hub data set or ``--data``."""
+    from posttrain.eval_suites import format_summary, load_suite_rows, parse_data_args, parse_suites, run_suites
+    from posttrain.policy import Policy
+
+    suites = parse_suites(args.suite)
+    sources = parse_data_args(suites, args.data)
+    loaded = [(s, load_suite_rows(s, sources[s.name], args.limit)) for s in suites]  # all before the model
+    _check_model_arg(args.model)
+    policy = Policy.load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
+    summary, scored = run_suites(policy, loaded, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                 workers=args.workers)
+    if args.output:
+        write_jsonl_atomic(Path(args.output), scored)
+    print("\n".join(format_summary(summary)))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from posttrain.policy import Policy
 
-    rows = read_jsonl(args.data)[: args.limit]
+    if args.suite:
+        return _cmd_eval_suites(args)
+    if not args.data or len(args.data) != 1:
+        raise DataError("give one --data FILE (rows with dataset and ground_truth), or --suite NAMES")
+    data = args.data[0]
+    rows = read_jsonl(data)[: args.limit]
     if not rows:
-        raise DataError(f"{args.data}: no rows")
-    check_rows(rows, args.data)
-    model = Path(args.model)
-    if (args.model.startswith((".", "/")) or model.exists()) and not (model / "config.json").is_file():
-        raise DataError(f"{args.model}: not a model folder (no config.json)")
+        raise DataError(f"{data}: no rows")
+    check_rows(rows, data)
+    _check_model_arg(args.model)
     policy = Policy.load(args.model, revision=args.revision, dtype=args.dtype, device=args.device)
-    summary, scored = evaluate(policy, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                               workers=args.workers, source=args.data)
+    summary, scored = evaluate(policy, rows, max_new_tokens=args.max_new_tokens or 128,
+                               batch_size=args.batch_size, workers=args.workers, source=data)
     if args.output:
         write_jsonl_atomic(Path(args.output), scored)
     print(f"accuracy {summary['accuracy']:.4f} on {summary['n']} rows")
@@ -128,12 +158,18 @@ def _cmd_eval(args) -> int:
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="greedy generation on held-out prompts, scored by the verifiers")
     e.add_argument("model", help="a save_pretrained folder or hub id")
-    e.add_argument("--data", required=True, help="JSONL rows with messages|prompt, dataset, ground_truth")
+    e.add_argument("--suite", help="standard evaluations, comma-separated: gsm8k, math500, ifeval")
+    e.add_argument("--data", action="append", metavar="[SUITE=]FILE",
+                   help="without --suite: JSONL rows with messages|prompt, dataset, ground_truth. With "
+                        "--suite: a local copy (or hub name) of a suite's data, SUITE=FILE (repeatable; "
+                        "plain FILE for a single suite); suites without one load their hub data set")
     e.add_argument("-o", "--output", help="write each row with response, score, reason here")
     e.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
-    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 128, or with --suite each suite's usual length (gsm8k 512, math500 1024, "
+                        "ifeval 1280)")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--limit", type=int, default=None, help="first N rows only")
+    e.add_argument("--limit", type=int, default=None, help="first N rows only (of each suite)")
     e.add_argument("--workers", type=int, default=None, help="verifier worker processes")
     e.add_argument("--revision", default=None)
     e.add_argument("--dtype", default="auto")

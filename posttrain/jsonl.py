@@ -37,17 +37,21 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     return rows
 
 
-def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
-    """Write rows to a temporary file beside ``path``, then rename it over ``path``: a
-    reader never sees half a file, and a crash leaves the previous file intact."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: a reader never sees half a file, and a crash leaves the previous file
+    intact. The file gets the usual ``0666 & ~umask`` mode (mkstemp's 0600 would hide it
+    from other users)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".posttrain-", suffix=".jsonl.tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -55,3 +59,13 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """One JSON document, indented, written atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    """Rows as JSON Lines, written atomically (``write_text_atomic``)."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

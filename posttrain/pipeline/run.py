@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from posttrain.jsonl import write_json_atomic, write_text_atomic
 from posttrain.metrics import MetricsWriter
 from posttrain.pipeline.record import (DONE, RECORD, StageStep, eval_identity, new_record, plan_run, same,
-                                       stage_inputs, write_json_atomic)
+                                       stage_inputs)
 from posttrain.pipeline.summary import print_summary, write_run_report
 from posttrain.recipe.chain import resolve_data_sources
 from posttrain.recipe.schema import Recipe
@@ -168,9 +169,3 @@ def _evaluate_if_stale(recipe: Recipe, step: StageStep, model: str, revision: st
         step.record["eval"] = current
         write_json_atomic(step.stage_dir / RECORD, step.record)
     state.wait_for_everyone()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
