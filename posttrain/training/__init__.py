@@ -1,6 +1,12 @@
-"""The shared training loop (``loop.Trainer``), resumable checkpoints (``checkpoint``) and
-batching: plans, padding collate and packing (``batching``)."""
+"""Training: the step engine (``engine.StepEngine``: prepare, accumulate, clip, step,
+checkpoint) and its drivers, ``loop.Trainer`` (a fixed data set: SFT, DPO) and
+``online.OnlineTrainer`` (batches produced after each update: RL); resumable checkpoints
+(``checkpoint``); batching: plans, padding collate and packing (``batching``)."""
 
-from posttrain.training.loop import LossOutput, Trainer, get_accelerator, set_seed
+from posttrain.training.engine import (LossOutput, OptimizerSettings, StepEngine, StepResult, get_accelerator,
+                                       set_seed)
+from posttrain.training.loop import Trainer
+from posttrain.training.online import OnlineBatch, OnlineModel, OnlineTrainer, UpdateEvent
 
-__all__ = ["LossOutput", "Trainer", "get_accelerator", "set_seed"]
+__all__ = ["LossOutput", "OnlineBatch", "OnlineModel", "OnlineTrainer", "OptimizerSettings", "StepEngine",
+           "StepResult", "Trainer", "UpdateEvent", "get_accelerator", "set_seed"]

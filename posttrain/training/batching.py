@@ -1,5 +1,6 @@
-"""Batch plans (which examples go in each micro-batch, per epoch) and collate functions
-(examples -> tensors) for token-sequence examples ``{"input_ids": [...], "labels": [...]}``.
+"""Batch plans (which examples go in each micro-batch, per epoch; the minibatches of a
+rollout batch, per pass) and collate functions (examples -> tensors) for token-sequence
+examples ``{"input_ids": [...], "labels": [...]}``.
 
 A *plan* is a pure function of ``(seed, epoch)``: the order of an epoch is recreated
 from them on resume instead of being stored, so a resumed run sees exactly the batches an
@@ -139,3 +140,15 @@ def packed_collate(examples: Sequence[Example], pad_id: int, max_length: int, wi
         pos[r, at:] = torch.arange(width - at)
         n_tokens += at
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "n_tokens": n_tokens}
+
+
+def minibatch_plan(n: int, minibatches: int, micro_batch_size: int, seed: int, step: int, pass_index: int,
+                   shuffle: bool = True) -> list[list[list[int]]]:
+    """One pass over a rollout batch of ``n`` samples: ``minibatches`` near-equal parts (one
+    optimizer step each), each cut into micro-batches of at most ``micro_batch_size``
+    sample indices. The order is a function of ``(seed, step, pass_index)`` only, so a
+    resumed run makes the same minibatches. A part is empty when ``n < minibatches``."""
+    order = np.random.default_rng([seed, step, pass_index]).permutation(n) if shuffle else np.arange(n)
+    parts = np.array_split(order, minibatches)
+    return [[part[i : i + micro_batch_size].tolist() for i in range(0, len(part), micro_batch_size)]
+            for part in parts]

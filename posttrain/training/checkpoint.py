@@ -1,16 +1,22 @@
 """Resumable checkpoints: ``stepN-tokensM`` folders written atomically.
 
-A checkpoint folder is a plain ``save_pretrained`` folder of the policy (a LoRA policy is
-saved merged, with its adapter in ``adapter/``) plus ``trainer_state/``:
+A checkpoint folder is a plain ``save_pretrained`` folder of the run's main model (the
+policy; a LoRA policy is saved merged, with its adapter in ``adapter/``), the other
+trained models in ``models/<name>/`` (e.g. PPO's value model), plus ``trainer_state/``:
 
-- ``state.json``: step, tokens seen, data position (epoch and micro-batch index; the
-  epoch's order is recreated from the seed and epoch), the seed;
-- ``optimizer.pt``, ``scheduler.pt``;
-- ``rng_<rank>.pt``: python, numpy, torch (and CUDA) RNG states of each process.
+- ``state.json``: step, tokens seen, the names of the trained models and their optimizer
+  step counts, the world size, and the driver's position (the fixed-data driver: epoch and
+  micro-batch index, the epoch's order being recreated from the seed and epoch);
+- ``optimizer.pt``, ``scheduler.pt`` (main model), ``optimizer-<name>.pt``,
+  ``scheduler-<name>.pt`` (each other trained model);
+- ``rng_<rank>.pt``: python, numpy, torch (and CUDA) RNG states of each process;
+- ``driver_<rank>.pt``: the online driver's own state of each process (e.g. its prompt
+  position), any picklable value, when it has one.
 
 Everything is written into ``<name>.tmp`` and renamed when complete, so a kill mid-save
 leaves the previous checkpoints intact; leftover ``*.tmp`` folders are removed on the next
-start. Only folders with ``trainer_state/state.json`` count as checkpoints.
+start and never loaded. Only folders named ``stepN-tokensM`` with
+``trainer_state/state.json`` count as checkpoints.
 
 Token counts in names follow OLMo's style, rounded to the nearest unit: below 1,000 the
 exact count (``tokens850``), then ``K`` (10^3), ``M`` (10^6), ``B`` (10^9), ``T`` (10^12)
@@ -24,12 +30,15 @@ import json
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 STATE_DIR = "trainer_state"
+MODELS_DIR = "models"
 _NAME = re.compile(r"^step(\d+)-tokens(\d+)([KMBT]?)$")
 
 
@@ -86,28 +95,59 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_trainer_state(folder: Path, state: dict, optimizer, scheduler, rank: int, rng: dict) -> None:
-    """Write this process's part of ``trainer_state/`` (rank 0 also writes the shared part)."""
+def _optim_files(name: str, main: bool) -> tuple[str, str]:
+    return ("optimizer.pt", "scheduler.pt") if main else (f"optimizer-{name}.pt", f"scheduler-{name}.pt")
+
+
+def write_trainer_state(folder: Path, state: dict, optim: dict[str, tuple[Any, Any]], rank: int, rng: dict,
+                        driver_state: Any = None) -> None:
+    """Write this process's part of ``trainer_state/`` (rank 0 also writes the shared
+    part). ``optim`` maps each trained model's name to its ``(optimizer, scheduler)``, the
+    main model first."""
     sd = folder / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
     torch.save(rng, sd / f"rng_{rank}.pt")
+    if driver_state is not None:
+        torch.save(driver_state, sd / f"driver_{rank}.pt")
     if rank == 0:
-        torch.save(optimizer.state_dict(), sd / "optimizer.pt")
-        torch.save(scheduler.state_dict(), sd / "scheduler.pt")
-        # state.json last: its presence is what marks the folder complete.
+        for i, (name, (optimizer, scheduler)) in enumerate(optim.items()):
+            opt_file, sched_file = _optim_files(name, i == 0)
+            torch.save(optimizer.state_dict(), sd / opt_file)
+            torch.save(scheduler.state_dict(), sd / sched_file)
+        # state.json last: within the .tmp folder it completes the state.
         (sd / "state.json").write_text(json.dumps(state, indent=2) + "\n")
 
 
-def read_trainer_state(folder: Path, rank: int) -> tuple[dict, dict, dict, dict]:
-    """``(state, optimizer_sd, scheduler_sd, rng)`` of a checkpoint, for this process."""
+@dataclass
+class SavedState:
+    """A checkpoint's ``trainer_state/`` as this process reads it."""
+
+    state: dict
+    optimizers: dict[str, dict]
+    schedulers: dict[str, dict]
+    rng: dict
+    driver_state: Any
+
+
+def read_trainer_state(folder: Path, rank: int, names: list[str]) -> SavedState:
+    """The trainer state of a checkpoint for this process; ``names``: the trained models,
+    the main one first."""
     sd = folder / STATE_DIR
     state = json.loads((sd / "state.json").read_text())
+    saved = state.get("models", names[:1])
+    if list(saved) != list(names):
+        raise ValueError(f"{folder}: the checkpoint trained models {saved}, this run trains {names}")
     # Our own files: the RNG states hold numpy and Python tuples, which weights_only refuses.
-    opt = torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=False)
-    sched = torch.load(sd / "scheduler.pt", weights_only=False)
+    optimizers, schedulers = {}, {}
+    for i, name in enumerate(names):
+        opt_file, sched_file = _optim_files(name, i == 0)
+        optimizers[name] = torch.load(sd / opt_file, map_location="cpu", weights_only=False)
+        schedulers[name] = torch.load(sd / sched_file, weights_only=False)
     rng_file = sd / f"rng_{rank}.pt"
     rng = torch.load(rng_file if rng_file.exists() else sd / "rng_0.pt", weights_only=False)
-    return state, opt, sched, rng
+    driver_file = sd / f"driver_{rank}.pt"
+    driver = torch.load(driver_file, weights_only=False) if driver_file.exists() else None
+    return SavedState(state, optimizers, schedulers, rng, driver)
 
 
 def load_weights(model, folder: Path) -> None:

@@ -1,5 +1,5 @@
-"""Fixtures for the training-loop tests: a very small real OLMo-2, hand-made token
-examples, and a Trainer wired to a real StageContext."""
+"""Fixtures for the training tests: very small real OLMo-2s (plain, with dropout, and a
+second one for a value model), hand-made token examples, and a real StageContext."""
 
 from __future__ import annotations
 
@@ -17,6 +17,28 @@ def small_model_dir(tmp_path_factory) -> Path:
     from posttrain.models import TinyModelSpec, init_tiny_model
 
     return init_tiny_model(tmp_path_factory.mktemp("small") / "model", seed=0, spec=TinyModelSpec(**SMALL))
+
+
+@pytest.fixture(scope="session")
+def small_value_model_dir(tmp_path_factory) -> Path:
+    """A second small OLMo-2 (seed 1): the value model of the online-driver tests."""
+    from posttrain.models import TinyModelSpec, init_tiny_model
+
+    return init_tiny_model(tmp_path_factory.mktemp("value") / "model", seed=1, spec=TinyModelSpec(**SMALL))
+
+
+@pytest.fixture(scope="session")
+def small_dropout_model_dir(tmp_path_factory, small_model_dir) -> Path:
+    """The small model with attention dropout 0.1, so that training draws on the RNG."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("dropout") / "model"
+    shutil.copytree(small_model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["attention_dropout"] = 0.1
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
 
 
 @pytest.fixture
