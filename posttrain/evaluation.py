@@ -87,19 +87,38 @@ def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size:
 
 def evaluate_recipe_stage(ctx) -> dict:
     """Run the recipe's ``eval`` section on a finished stage's model and record it in the
-    stage's metrics and ``eval.json``."""
+    stage's metrics and ``eval.json``: the prompt file's summary at the top level, each
+    suite's under ``suites``."""
     from posttrain.policy import Policy
 
     cfg = ctx.recipe.eval
-    rows = read_jsonl(cfg.data)[: cfg.limit]
-    check_rows(rows, cfg.data)
+    rows = None
+    if cfg.data is not None:
+        rows = read_jsonl(cfg.data)[: cfg.limit]
+        check_rows(rows, cfg.data)
+    loaded = []
+    if cfg.suites:
+        from posttrain.eval_suites import get_suite, load_suite_rows
+
+        loaded = [(s, load_suite_rows(s, cfg.suite_data.get(s.name), cfg.limit)) for s in map(get_suite, cfg.suites)]
     policy = Policy.load(ctx.model_dir, dtype=ctx.recipe.model.dtype)
-    summary, scored = evaluate(policy, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                               source=cfg.data)
-    ctx.metrics.log(-1, **{"eval/accuracy": summary["accuracy"], "eval/n": summary["n"]})
+    summary, scored = {}, []
+    if rows is not None:
+        summary, scored = evaluate(policy, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                   source=cfg.data)
+        ctx.metrics.log(-1, **{"eval/accuracy": summary["accuracy"], "eval/n": summary["n"]})
+        print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
+    if loaded:
+        from posttrain.eval_suites import run_suites
+
+        suites, suite_rows = run_suites(policy, loaded, batch_size=cfg.batch_size)
+        summary.update(suites)
+        scored += suite_rows
+        for name, s in suites["suites"].items():
+            ctx.metrics.log(-1, **{f"eval/{name}/accuracy": s["accuracy"], f"eval/{name}/n": s["n"]})
+            print(f"[{ctx.name}] {name} accuracy {s['accuracy']:.4f} on {s['n']} rows", file=sys.stderr)
     (ctx.stage_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
-    print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
     return summary
 
 

@@ -265,8 +265,13 @@ def eval_identity(recipe: Recipe) -> dict | None:
     """What a stage's eval.json depends on besides its model: the eval section and its file."""
     if recipe.eval is None:
         return None
-    data = Path(recipe.eval.data).expanduser()
-    return {"config": recipe.eval.model_dump(mode="json"), "data": file_digest(data) if data.is_file() else None}
+    files = {"data": recipe.eval.data, **{f"suite_data.{k}": v for k, v in recipe.eval.suite_data.items()}}
+    digests = {k: file_digest(Path(v).expanduser()) if v and Path(v).expanduser().is_file() else None
+               for k, v in files.items()}
+    identity = {"config": recipe.eval.model_dump(mode="json"), "data": digests.pop("data")}
+    if digests:
+        identity["suite_data"] = digests
+    return identity
 
 
 def versions() -> dict[str, str]:

@@ -177,23 +177,53 @@ class MetricsConfig(Strict):
 
 
 class EvalConfig(Strict):
-    """Verifier-scored greedy evaluation on held-out prompts after every stage."""
+    """Verifier-scored greedy evaluation after every stage that trains the policy: a file
+    of prompts (``data``), the standard suites (``suites``), or both."""
 
-    data: str
+    data: str | None = None
     """JSONL with ``messages`` or ``prompt``, ``dataset`` and ``ground_truth`` per row."""
     max_new_tokens: int = Field(128, gt=0)
-    """Generation budget per prompt."""
+    """Generation budget per prompt of ``data`` (suites use their own)."""
     batch_size: int = Field(64, gt=0)
     """Prompts per generation batch."""
     limit: int | None = Field(None, gt=0)
-    """Use only the first N rows."""
+    """Use only the first N rows (of ``data`` and of each suite)."""
+    suites: list[str] = []
+    """Standard evaluations, as ``posttrain eval --suite``: ``gsm8k``, ``math500``,
+    ``ifeval``, each with its usual prompt and metric, read from the hub by its public
+    name unless ``suite_data`` names a local copy."""
+    suite_data: dict[str, str] = {}
+    """Local copies of suite data sets, by suite name (``{gsm8k: test.jsonl}``)."""
 
     @field_validator("data")
     @classmethod
-    def _exists(cls, v: str) -> str:
-        if not Path(v).expanduser().exists():
+    def _exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().exists():
             raise ValueError(f"no such data file: {v}")
         return v
+
+    @field_validator("suites")
+    @classmethod
+    def _known_suites(cls, v: list[str]) -> list[str]:
+        from posttrain.eval_suites.suites import SUITES
+
+        for name in v:
+            if name not in SUITES:
+                raise ValueError(f"unknown suite {name!r} (known: {', '.join(SUITES)})")
+        if len(set(v)) != len(v):
+            raise ValueError("a suite is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self):
+        if self.data is None and not self.suites:
+            raise ValueError("give data (a prompt file), suites, or both")
+        for name, path in self.suite_data.items():
+            if name not in self.suites:
+                raise ValueError(f"suite_data.{name}: not one of suites {self.suites}")
+            if not Path(path).expanduser().exists():
+                raise ValueError(f"suite_data.{name}: no such file: {path}")
+        return self
 
 
 class Recipe(Strict):
