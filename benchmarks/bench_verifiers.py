@@ -1,6 +1,6 @@
 """Rows per second for each verifier through the parallel scorer, next to the bare call.
 
-    python benchmarks/bench_verifiers.py [--workers N] [--repeat R]
+    python benchmarks/bench_verifiers.py [--workers N] [--verifiers code,gsm8k,...]
 
 Data: ../shared/conformance (GSM8K reference solutions, MATH-500 solutions, IFEval GPT-4
 responses) and generated programs with asserts for ``code``. "cold" is ``score_rows`` end
@@ -87,7 +87,10 @@ def _rate(fn, rows, repeat=1) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=None, help="default: CPU count")
+    ap.add_argument("--verifiers", default="gsm8k,math,ifeval,code",
+                    help="comma-separated subset to run (default: %(default)s)")
     args = ap.parse_args(argv)
+    wanted = set(args.verifiers.split(","))
     workers = args.workers or os.cpu_count()
     if not CONFORMANCE.is_dir():
         print(f"conformance data not found at {CONFORMANCE}", file=sys.stderr)
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     print(f"workers={workers} cpus={os.cpu_count()}")
     print(f"{'verifier':<8} {'rows':>5} {'cold rows/s':>12} {'warm rows/s':>12} {'bare rows/s':>12} {'ratio':>6} {'target':>7}")
     for name, make_rows, bare, bare_name, target in cases:
+        if name not in wanted:
+            continue
         try:
             get_verifier(name)
         except UnknownVerifierError as e:

@@ -20,6 +20,14 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(not any(
   [ "$VLLM_EXTRA" = vllm ] || .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
+# DeepSpeed, for the ZeRO-3 tests of sharded training. Its sdist's setup.py imports torch:
+# build it against the venv's torch (pip's build isolation would fetch a CUDA torch), and
+# name torch==2.13.0 so pip keeps it.
+if ! .venv/bin/python -c "import importlib.metadata as m; m.version('deepspeed')" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation deepspeed==0.19.8 torch==2.13.0 \
+    2> >(grep -v "^WARNING: Location '" >&2)
+fi
+
 # The code verifier's sandbox (bubblewrap); without it the verifier falls back to
 # resource limits alone and warns.
 if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -18,6 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from posttrain.training.checkpoint import list_checkpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "tiny"
 
@@ -76,13 +78,14 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, dropout_model):
     ckpts = tmp_path / "killed" / "sft" / "checkpoints"
     proc = subprocess.Popen(_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "trainer_state" / "state.json").exists() for p in ckpts.glob("step*")):
-            break
+    # Wait for a *finished* checkpoint, as the resume will see it: one still being written
+    # (``stepN-....tmp``) would be discarded and the rerun would rightly start over.
+    while time.time() < deadline and proc.poll() is None and not list_checkpoints(ckpts):
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before a checkpoint could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert list_checkpoints(ckpts), "no finished checkpoint before the kill"
     assert not (tmp_path / "killed" / "sft" / "model").exists()
     # what a kill in the middle of a save leaves: a newer but incomplete folder
     (ckpts / "step59-tokens9K.tmp" / "trainer_state").mkdir(parents=True)

@@ -3,6 +3,12 @@
 Each input row has ``response``, ``dataset`` (a verifier name or a list), ``ground_truth``
 and optional ``prompt``; each output row is the input row plus ``score`` and ``reason``,
 in the same order. Bad input is reported in one line on stderr with exit status 2.
+
+Responses are judged in the reasoning format by default (the final answer after
+``</think>``, inside ``<answer>`` tags; see :mod:`posttrain.verifiers.reasoning`);
+``--no-reasoning-format`` judges them as they are. ``--code-sandbox`` picks the code
+verifier's sandbox mode; the default ``auto`` uses bubblewrap when it is installed and
+otherwise warns and falls back to resource limits alone.
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--multiplier", type=float, default=1.0, help="multiply every score (RLVR uses 10)")
     p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
                    help="weight of a verifier in rows with several (repeatable; default 1)")
+    p.add_argument("--no-reasoning-format", dest="reasoning_format", action="store_false",
+                   help="judge responses as they are, not the final answer after </think> "
+                   "(for data where <think>/<answer> tags are literal content)")
+    p.add_argument("--code-sandbox", choices=("auto", "bwrap", "rlimits_only"), default=None,
+                   help="how the code verifier runs programs (default: $POSTTRAIN_CODE_SANDBOX or auto: "
+                   "bubblewrap when installed, else resource limits only, with a warning)")
     p.set_defaults(func=run_verify)
     return p
 
@@ -74,8 +86,13 @@ def run_verify(args: argparse.Namespace) -> int:
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
             raise _BadInput(f"output directory of {args.output} does not exist")
         rows = _read_rows(args.input)
+        if args.code_sandbox is not None:
+            from .code.sandbox import set_sandbox_mode
+
+            set_sandbox_mode(args.code_sandbox)  # before the workers start: they inherit it
         results = score_rows(rows, weights=weights, multiplier=args.multiplier,
-                             workers=args.workers, timeout=args.timeout)
+                             workers=args.workers, timeout=args.timeout,
+                             reasoning_format=args.reasoning_format)
     except _BadInput as e:
         print(f"posttrain verify: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

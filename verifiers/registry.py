@@ -12,6 +12,15 @@ Lookup order in :func:`get_verifier`:
 4. a ``module:object`` path.
 
 Names are matched exactly first, then case-insensitively (Tülu 3 data says ``MATH``).
+
+Reasoning format: by default :func:`call_verifier` hands every verifier the *final
+answer* of the response (:func:`posttrain.verifiers.reasoning.final_answer`: the text
+after the last ``</think>``, inside the last ``<answer>…</answer>`` when present) and
+scores a response whose thinking never ends 0 with the reason ``unfinished thinking``,
+without calling the verifier. ``call_verifier(..., reasoning_format=False)`` passes the
+raw response instead (for data where such tags are literal content). A verifier that
+judges the whole response (the format verifiers) sets the attribute
+``full_response = True`` on its function and always gets the raw text.
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ import math
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
+
+from .reasoning import UNFINISHED_THINKING, final_answer
 
 ENTRY_POINT_GROUP = "posttrain.verifiers"
 
@@ -60,6 +71,8 @@ _BUILTINS: dict[str, str] = {
     "max_length": "posttrain.verifiers.text:verify_max_length",
     "up_to_max_length": "posttrain.verifiers.text:verify_up_to_max_length",
     "code": "posttrain.verifiers.code:verify_code",
+    "think_format": "posttrain.verifiers.reasoning:verify_think_format",
+    "answer_format": "posttrain.verifiers.reasoning:verify_answer_format",
     # Written in verifiers/ifeval/ by another engineer; an ImportError there must not break
     # the other verifiers, so these are only imported when asked for.
     "ifeval": "posttrain.verifiers.ifeval:verify_ifeval",
@@ -219,6 +232,16 @@ def ground_truth_list(ground_truth: Any) -> list[Any]:
     return [ground_truth]
 
 
-def call_verifier(fn: Verifier, response: str, ground_truth: Any, prompt: str | None = None) -> VerifierResult:
-    """Call ``fn`` and normalize its result. Exceptions propagate (the scorer records them)."""
+def call_verifier(fn: Verifier, response: str, ground_truth: Any, prompt: str | None = None, *,
+                  reasoning_format: bool = True) -> VerifierResult:
+    """Call ``fn`` and normalize its result. Exceptions propagate (the scorer records them).
+
+    With ``reasoning_format`` (the default) ``fn`` judges the response's final answer, and
+    a response whose ``<think>`` never closes scores 0 (``unfinished thinking``) unless
+    ``fn.full_response`` is true; without it ``fn`` gets the response as it is."""
+    if reasoning_format and not getattr(fn, "full_response", False):
+        answer = final_answer(response)
+        if answer is None:
+            return VerifierResult(0.0, UNFINISHED_THINKING)
+        response = answer
     return normalize_result(fn(response, ground_truth, prompt=prompt))

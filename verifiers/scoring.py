@@ -15,7 +15,21 @@ forked: the run goes on. ``ScoreResults`` counts errors, timeouts and crashes.
 
 Workers are forked (where the platform allows) so verifiers registered at run time with
 ``register_verifier`` are available in them, and ``math_verify`` is imported once, before
-the fork.
+the fork. :meth:`Scorer.start` forks the whole pool at once: a training stage calls it
+before any model or CUDA context exists, so the workers are copies of a small, clean
+process. (A worker that crashes or times out later is re-forked from the trainer; the
+child only runs verifiers, never CUDA, as PyTorch's DataLoader workers do. Pass
+``mp_context="forkserver"`` to fork even those from a clean server, at the price of
+verifiers registered at run time, which a fork server does not see.)
+
+:meth:`Scorer.submit` is the non-blocking form: it checks the rows, hands them to a
+background thread that drives the pool, and returns a ``concurrent.futures.Future`` whose
+``result()`` is the :class:`ScoreResults`. Scoring one batch then overlaps generating the
+next. Submitted batches are scored one after another, in order.
+
+The default pool size is per machine, not per process: ``cpus // LOCAL_WORLD_SIZE`` (at
+least 1), so eight ranks on one machine share its cores instead of starting eight times
+as many workers.
 """
 from __future__ import annotations
 
@@ -27,6 +41,7 @@ import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Iterable, Sequence
 
@@ -36,6 +51,22 @@ DEFAULT_TIMEOUT = 30.0
 _MAX_BATCH = 32
 
 OK, ERROR, TIMEOUT, CRASH = 0, 1, 2, 3
+
+
+def default_workers(cpus: int | None = None, local_world_size: int | None = None) -> int:
+    """Worker processes per scorer: the machine's CPUs shared among the training processes
+    on it (``LOCAL_WORLD_SIZE``, set by ``torchrun`` and ``accelerate launch``), at least 1."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    if local_world_size is None:
+        try:
+            local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        except ValueError:
+            local_world_size = 1
+    return max(1, int(cpus) // max(1, int(local_world_size)))
 
 
 class ScoreResults(list):
@@ -60,8 +91,9 @@ class ScoreResults(list):
         return self.n_errors + self.n_timeouts + self.n_crashes
 
 
-def _row_calls(i: int, row: Any) -> list[tuple[str, Any]]:
-    """[(verifier name, ground truth), ...] for one row; ValueError if malformed."""
+def row_calls(i: int, row: Any) -> list[tuple[str, Any]]:
+    """``[(verifier name, ground truth), ...]`` of row ``i``; ``ValueError`` naming the row
+    if it is malformed. Callers can check rows with it before they have responses."""
     if not isinstance(row, dict):
         raise ValueError(f"row {i}: expected an object, got {type(row).__name__}")
     for key in ("response", "dataset", "ground_truth"):
@@ -94,12 +126,13 @@ def _row_calls(i: int, row: Any) -> list[tuple[str, Any]]:
     return list(zip(dataset, gt))
 
 
-def _run_call(cache: dict, name: str, response: str, gt: Any, prompt: str | None) -> tuple[float, str | None, int]:
+def _run_call(cache: dict, name: str, response: str, gt: Any, prompt: str | None,
+              reasoning_format: bool = True) -> tuple[float, str | None, int]:
     try:
         fn = cache.get(name)
         if fn is None:
             fn = cache[name] = get_verifier(name)
-        res = call_verifier(fn, response, gt, prompt)
+        res = call_verifier(fn, response, gt, prompt, reasoning_format=reasoning_format)
         return res.score, res.reason, OK
     except BaseException as e:  # noqa: BLE001 - a verifier may raise anything, even SystemExit
         msg = str(e).splitlines()[0] if str(e) else ""
@@ -129,8 +162,8 @@ def _worker_main(conn) -> None:
             break
         if batch is None:
             break
-        for cid, name, response, gt, prompt in batch:
-            score, reason, kind = _run_call(cache, name, response, gt, prompt)
+        for cid, name, response, gt, prompt, reasoning_format in batch:
+            score, reason, kind = _run_call(cache, name, response, gt, prompt, reasoning_format)
             conn.send((cid, score, reason, kind))
     sandbox = sys.modules.get("posttrain.verifiers.code.sandbox")
     if sandbox is not None:
@@ -159,27 +192,54 @@ class _Worker:
 
 
 class Scorer:
-    """A pool of verifier worker processes, kept between :meth:`score` calls.
+    """A pool of verifier worker processes, kept between batches.
 
     ``with Scorer(workers=4, timeout=30) as s: results = s.score(rows)``. The RLVR loop
-    keeps one so that each batch does not pay for starting processes. ``workers=0`` runs
-    in this process (no timeout or crash protection; for debugging).
+    keeps one so that each batch does not pay for starting processes, calls
+    :meth:`start` before loading any model, and uses :meth:`submit` so that scoring runs
+    while the next batch generates. ``workers=0`` runs in this process (no timeout or
+    crash protection; for debugging). ``reasoning_format`` is passed to every verifier
+    call (see ``call_verifier``).
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, mp_context: str | None = None):
-        self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    def __init__(self, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, mp_context: str | None = None,
+                 *, reasoning_format: bool = True):
+        self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if timeout is None or timeout <= 0:
             raise ValueError("timeout must be positive")
         self.timeout = float(timeout)
+        self.reasoning_format = bool(reasoning_format)
         if mp_context is None:
             mp_context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         self._ctx = mp.get_context(mp_context)
         self._pool: list[_Worker] = []
+        # One thread drives the pool for submitted batches, one batch at a time, in order.
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> "Scorer":
+        """Fork every worker now (call it before any model or CUDA context exists).
+        Without it, workers are forked on first use."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posttrain-scorer")
+        # Done on the scorer's own thread: it is the only one that touches the pool.
+        self._executor.submit(self._grow_pool, self.workers).result()
+        return self
+
+    def _grow_pool(self, n: int) -> None:
+        for w in list(self._pool):
+            if not w.proc.is_alive():
+                self._replace(w)
+        while len(self._pool) < n:
+            self._pool.append(_Worker(self._ctx))
+
     def close(self) -> None:
+        """Finish the batch being scored, drop those not started, stop the workers."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
         for w in self._pool:
             try:
                 w.conn.send(None)
@@ -208,26 +268,40 @@ class Scorer:
 
     # -- scoring ---------------------------------------------------------------------
     def score(self, rows: Sequence[dict], *, weights: dict[str, float] | None = None, multiplier: float = 1.0) -> ScoreResults:
+        """Score ``rows`` and wait for the results (one per row, in order)."""
+        return self.submit(rows, weights=weights, multiplier=multiplier).result()
+
+    def submit(self, rows: Sequence[dict], *, weights: dict[str, float] | None = None,
+               multiplier: float = 1.0) -> "Future[ScoreResults]":
+        """Start scoring ``rows`` and return at once. The future's ``result()`` waits for
+        the :class:`ScoreResults`; ``done()`` says whether it is ready. Malformed rows and
+        unknown verifier names raise here, before any work."""
         rows = list(rows)
         weights = dict(weights or {})
         for k, v in weights.items():
             if not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
                 raise ValueError(f"weight for {k!r} must be a non-negative number")
-        prompts: list[str | None] = []
         calls: list[tuple[int, str, str, Any, str | None]] = []  # (row, name, response, gt, prompt)
         for i, row in enumerate(rows):
-            for name, gt in _row_calls(i, row):
+            for name, gt in row_calls(i, row):
                 calls.append((i, name, row["response"], gt, row.get("prompt")))
         for name in sorted({c[1] for c in calls}):
             get_verifier(name)  # unknown names fail here, before any work (and import before fork)
 
-        out: list[tuple[float, str | None, int] | None] = [None] * len(calls)
-        if self.workers == 0:
+        if self.workers == 0 or not calls:
+            future: Future = Future()
             cache: dict = {}
-            for cid, (_, name, response, gt, prompt) in enumerate(calls):
-                out[cid] = _run_call(cache, name, response, gt, prompt)
-        elif calls:
-            self._run_parallel(calls, out)
+            out = [_run_call(cache, name, response, gt, prompt, self.reasoning_format)
+                   for _, name, response, gt, prompt in calls]
+            future.set_result(self._combine(rows, calls, out, weights, multiplier))
+            return future
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posttrain-scorer")
+        return self._executor.submit(self._score_calls, rows, calls, weights, multiplier)
+
+    def _score_calls(self, rows, calls, weights, multiplier) -> ScoreResults:
+        out: list[tuple[float, str | None, int] | None] = [None] * len(calls)
+        self._run_parallel(calls, out)
         return self._combine(rows, calls, out, weights, multiplier)
 
     def _run_parallel(self, calls, out) -> None:
@@ -235,12 +309,9 @@ class Scorer:
         bs = max(1, min(_MAX_BATCH, math.ceil(len(calls) / (n_workers * 4))))
         queue: deque = deque()
         for start in range(0, len(calls), bs):
-            queue.append([(cid, *calls[cid][1:]) for cid in range(start, min(start + bs, len(calls)))])
-        while len(self._pool) < n_workers:
-            self._pool.append(_Worker(self._ctx))
-        for w in list(self._pool[:n_workers]):
-            if not w.proc.is_alive():
-                self._replace(w)
+            queue.append([(cid, *calls[cid][1:], self.reasoning_format)
+                          for cid in range(start, min(start + bs, len(calls)))])
+        self._grow_pool(n_workers)
         busy: list[_Worker] = []
         idle: list[_Worker] = list(self._pool[:n_workers])
 
@@ -347,12 +418,14 @@ def score_rows(
     multiplier: float = 1.0,
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    reasoning_format: bool = True,
 ) -> ScoreResults:
     """Score ``rows`` (see the module docstring); one :class:`VerifierResult` per row, in order.
 
-    ``workers`` defaults to the CPU count; ``timeout`` is per verifier call, in seconds.
+    ``workers`` defaults to :func:`default_workers`; ``timeout`` is per verifier call, in
+    seconds; ``reasoning_format`` is passed to every verifier call.
     Raises ``ValueError`` for a malformed row and ``UnknownVerifierError`` for an unknown
     verifier name, before scoring anything.
     """
-    with Scorer(workers=workers, timeout=timeout) as scorer:
+    with Scorer(workers=workers, timeout=timeout, reasoning_format=reasoning_format) as scorer:
         return scorer.score(rows, weights=weights, multiplier=multiplier)

@@ -59,3 +59,29 @@ def test_empty_input(tmp_path):
     p = run_cli([str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")])
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_reasoning_format_switch_and_sandbox_mode(tmp_path):
+    rows = [
+        {"response": "<think>Paris? No.</think>\n<answer>London</answer>", "dataset": "string_match",
+         "ground_truth": "london"},
+        {"response": "<think>still thinking", "dataset": "string_match", "ground_truth": "still thinking"},
+        {"response": "<think>easy</think><answer>x = 1</answer>", "dataset": ["code", "answer_format"],
+         "ground_truth": [["assert x == 1"], None]},
+    ]
+    _write(tmp_path / "in.jsonl", rows)
+
+    def scores(*flags):
+        out = tmp_path / "out.jsonl"
+        p = run_cli([str(tmp_path / "in.jsonl"), "-o", str(out), "--workers", "1", *flags])
+        assert p.returncode == 0, p.stderr
+        return [(r["score"], r["reason"]) for r in map(json.loads, out.read_text().splitlines())]
+
+    assert scores("--code-sandbox", "rlimits_only") == [(1.0, None), (0.0, "unfinished thinking"), (1.0, None)]
+    raw = scores("--no-reasoning-format", "--code-sandbox", "rlimits_only")
+    # As they are: the tags are text, the thinking is no longer unfinished, and the program
+    # is the whole response (a syntax error); the format verifier still sees the format.
+    assert [s for s, _ in raw] == [0.0, 0.0, 0.5]
+    assert raw[1][1] == "no reference matches"
+    p = run_cli([str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "x.jsonl"), "--code-sandbox", "docker"])
+    assert p.returncode == 2 and "invalid choice: 'docker'" in p.stderr

@@ -6,7 +6,17 @@ For each request it forks a child that makes a fresh work directory its cwd, sta
 session, sets resource limits, drops to an unprivileged uid when running as root, and runs
 the program with ``exec`` (no interpreter start per program). The server waits for the
 child with a wall-clock deadline and then kills everything the child started.
+
+Tests (a list of statements) are each timed on their own. The child runs the program's
+top level once (its definitions), reports ``D`` and then forks a tester that runs the
+tests in order in a copy of that namespace, one result byte per test. The child watches
+the tester: a test that runs past the per-test limit is killed and reported as ``T``, a
+tester that dies (a crash, ``os._exit``, the memory limit) reports its test as ``X``,
+and a new tester forked from the same definitions goes on with the next test. So a
+hanging or crashing test costs only itself, and the definitions run once. The server's
+own deadline is the per-test limit until ``D`` and the total cap after it.
 """
+import gc
 import json
 import os
 import resource
@@ -19,12 +29,24 @@ import tempfile
 import time
 
 RESULT_CAP = 1 << 16
+# Bound before any program runs: a program that rebinds os.fork, exec or time.monotonic in
+# its own namespace (they are shared module objects) must not break the test runner.
+_fork, _pipe, _read, _write, _close, _exit = os.fork, os.pipe, os.read, os.write, os.close, os._exit
+_waitpid, _pidfd_open, _kill, _killpg, _setpgid = os.waitpid, os.pidfd_open, os.kill, os.killpg, os.setpgid
+_set_blocking, _select, _monotonic, _sleep = os.set_blocking, select.select, time.monotonic, time.sleep
+_exec, _compile = exec, compile
+_prctl = None  # libc's prctl, bound in main()
+PR_SET_CHILD_SUBREAPER = 36
+DEFINED, TIMED_OUT, CRASHED = b"D", b"T", b"X"
 # Imported once here, before any fork: programs then get them for free, and they work even
-# where the unprivileged program could not read the Python installation.
+# where the unprivileged program could not read the Python installation (resource limits
+# only, as root, with Python under /root: there nothing else imports). encodings.idna is
+# what socket.create_connection() imports for a host name.
 PRELOAD = (
-    "abc array base64 bisect calendar cmath collections collections.abc copy csv dataclasses datetime "
-    "decimal enum fractions functools hashlib heapq io itertools json math operator random re "
-    "socket statistics string struct subprocess textwrap time typing unicodedata"
+    "abc array base64 bisect calendar cmath collections collections.abc contextlib copy csv dataclasses "
+    "datetime decimal encodings.idna enum fractions functools hashlib heapq io itertools json math "
+    "numbers operator pprint queue random re socket statistics string struct subprocess textwrap time "
+    "traceback typing unicodedata"
 ).split()
 
 
@@ -65,9 +87,11 @@ def _child(cfg, req, workdir, wfd):
     os.environ.clear()
     os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     tempfile.tempdir = workdir
-    timeout = float(req.get("timeout", 5.0))
+    tests = req.get("tests")
+    # CPU time backs up the wall-clock limits (the server's and the per-test ones).
+    seconds = float(req.get("total_timeout", req["timeout"]) if tests is not None else req["timeout"])
     mem = int(req.get("memory_mb", 1024)) * 1024 * 1024
-    cpu = max(1, int(timeout + 0.999))
+    cpu = max(1, int(seconds + 0.999))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
@@ -82,21 +106,15 @@ def _child(cfg, req, workdir, wfd):
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
     code = req["code"]
-    tests = req.get("tests")
     if tests is not None:
         g = {"__name__": "__solution__", "__builtins__": __builtins__}
         try:
-            exec(compile(code, "<solution>", "exec"), g)
+            _exec(_compile(code, "<solution>", "exec"), g)
         except BaseException:
-            os._exit(3)
-        for t in tests:
-            try:
-                exec(compile(t, "<test>", "exec"), g)
-                ok = b"1"
-            except BaseException:
-                ok = b"0"
-            os.write(wfd, ok)
-        os._exit(0)
+            _exit(3)
+        _write(wfd, DEFINED)
+        _run_tests(g, [str(t) for t in tests], float(req["timeout"]), wfd)
+        _exit(0)
     g = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(code + "\n\n" + req.get("program", ""), "<program>", "exec"), g)
@@ -108,31 +126,163 @@ def _child(cfg, req, workdir, wfd):
     os._exit(0)
 
 
-def _sandbox_procs_left(uid):
-    left = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def _tester(g, tests, out):
+    """Runs in a fork of the child that holds the definitions: each test, one byte each."""
+    _setpgid(0, 0)  # its own group: a hanging test is killed with all it started
+    for t in tests:
         try:
-            with open(f"/proc/{name}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            left += 1
-                        break
-        except OSError:
-            pass
-    return left
+            _exec(_compile(t, "<test>", "exec"), g)
+            ok = b"1"
+        except BaseException:
+            ok = b"0"
+        _write(out, ok)
+    _exit(0)
 
 
-def _reap():
+def _reap_nohang():
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, _ = _waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+
+
+def _fork_tester():
+    """fork(), retried while the process limit is still held by a killed test's processes
+    (they come back to this process, a subreaper, to be reaped)."""
+    for _ in range(100):
+        try:
+            return _fork()
+        except BlockingIOError:
+            _reap_nohang()
+            _sleep(0.005)
+    return None
+
+
+def _run_tests(g, tests, per_test, wfd):
+    """Run ``tests`` in forked testers, each test within ``per_test`` seconds; write one
+    result byte per test to ``wfd``: 1 passed, 0 failed, T timed out, X crashed."""
+    if _prctl is not None:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    i = 0
+    while i < len(tests):
+        rfd, out = _pipe()
+        pid = _fork_tester()
+        if pid is None:  # the processes of earlier tests do not go away
+            _write(wfd, CRASHED * (len(tests) - i))
+            return
+        if pid == 0:
+            _close(rfd)
+            _close(wfd)
+            _tester(g, tests[i:], out)
+        _close(out)
+        done = 0
+
+        def forward(data):
+            nonlocal done
+            done += len(data)
+            _write(wfd, data)
+            return _monotonic() + per_test
+
+        status = _wait_child(pid, rfd, _monotonic() + per_test, forward)
+        i += done
+        try:
+            _killpg(pid, signal.SIGKILL)  # the tester's group: whatever its tests started
+        except OSError:
+            pass
+        if status is None:  # the test in progress hangs: it alone fails
+            _waitpid(pid, 0)
+            _write(wfd, TIMED_OUT)
+            i += 1
+        elif i < len(tests):  # the tester died in the middle of test i
+            _write(wfd, CRASHED)
+            i += 1
+        _reap_nohang()
+        _close(rfd)
+
+
+def _wait_child(pid, rfd, deadline, on_data):
+    """Wait until child ``pid`` exits or ``deadline`` passes, handing what it writes to
+    ``rfd`` to ``on_data(bytes)``, which returns the new deadline. Returns the wait status,
+    or None on timeout. Reads what is left in the pipe either way."""
+    pidfd = _pidfd_open(pid)
+    watch = [rfd, pidfd]
+    status = None
+    try:
+        while status is None:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = _select(watch, [], [], remaining)
+            if rfd in ready:
+                data = _read(rfd, 4096)
+                if data:
+                    deadline = on_data(data)
+                else:
+                    watch.remove(rfd)
+            if pidfd in ready:
+                _, status = _waitpid(pid, 0)
+        # What the child wrote just before it exited (its descendants may hold the pipe
+        # open, so read only what is there).
+        _set_blocking(rfd, False)
+        while True:
+            data = _read(rfd, 4096)
+            if not data:
+                break
+            on_data(data)
+    except BlockingIOError:
+        pass
+    finally:
+        _close(pidfd)
+    return status
+
+
+def _others_left():
+    """Live processes of this pid namespace other than its init (pid 1) and the server."""
+    me, left = os.getpid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, me):
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != b"Z":  # a zombie is dead already; its parent reaps it
+                left += 1
+    return left
+
+
+def _reap():
+    """Reap exited children; True when children are still running."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _descendants(top):
+    """Live processes below ``top`` (from /proc: the parent is field 4 of stat)."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != b"Z":
+                parent[int(name)] = int(fields[1])
+    below, grew = {top}, True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in below} - below
+        below |= more
+        grew = bool(more)
+    return below - {top}
 
 
 def _kill_all(cfg, pid):
@@ -140,23 +290,35 @@ def _kill_all(cfg, pid):
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-    if cfg["killall"]:
-        # In our own pid namespace every process of the sandbox uid is the program's: kill
-        # them all, including any that left the process group with setsid().
-        for _ in range(20):
-            h = os.fork()
-            if h == 0:
-                try:
-                    os.setuid(cfg["uid"])
-                    os.kill(-1, signal.SIGKILL)
-                except BaseException:
-                    pass
-                os._exit(0)
-            os.waitpid(h, 0)
-            _reap()
-            if not _sandbox_procs_left(cfg["uid"]):
+    if not cfg["killall"]:
+        # Without a pid namespace the server is a child subreaper (main()): whatever the
+        # program left running (testers in groups of their own, processes that called
+        # setsid()) is still below it, and nothing else is. Kill that tree. (The /proc scan
+        # runs only while a child is left: otherwise this costs one waitpid.)
+        for _ in range(50):
+            if not _reap():
                 break
-            time.sleep(0.01)
+            for p in _descendants(os.getpid()):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.002)
+    # Inside bubblewrap the server has a pid namespace to itself: besides its init (pid 1,
+    # bwrap's) and the server, every process in it is the program's. kill(-1) reaches all of
+    # them, including any that left the process group with setsid(), and spares the caller
+    # and init. (Listing this namespace's /proc is cheap.) This holds as root and as an
+    # ordinary user alike: the pid namespace, not the uid, tells the program's processes.
+    if cfg["killall"]:
+        for _ in range(50):
+            _reap()
+            if not _others_left():
+                break
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            time.sleep(0.002)
     _reap()
 
 
@@ -174,25 +336,17 @@ def run(cfg, req):
         finally:
             os._exit(4)
     os.close(wfd)
+    tests = "tests" in req
     timeout = float(req.get("timeout", 5.0))
-    deadline = t0 + timeout
-    pidfd = os.pidfd_open(pid)
-    buf = b""
-    status = None
-    watch = [rfd, pidfd]
-    while status is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        ready, _, _ = select.select(watch, [], [], remaining)
-        if rfd in ready:
-            data = os.read(rfd, 4096)
-            if data:
-                buf = (buf + data)[:RESULT_CAP]
-            else:
-                watch.remove(rfd)
-        if pidfd in ready:
-            _, status = os.waitpid(pid, 0)
+    total = float(req.get("total_timeout", timeout)) if tests else timeout
+    buf = bytearray()
+
+    def collect(data):
+        buf.extend(data[: RESULT_CAP - len(buf)])
+        # The top level gets the per-test limit; once it is done, the total cap applies.
+        return t0 + (total if buf[:1] == DEFINED else min(timeout, total))
+
+    status = _wait_child(pid, rfd, t0 + min(timeout, total), collect)
     timed_out = status is None
     _kill_all(cfg, pid)
     if timed_out:
@@ -200,17 +354,7 @@ def run(cfg, req):
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
             status = -1
-    os.set_blocking(rfd, False)
-    try:
-        while len(buf) < RESULT_CAP:
-            data = os.read(rfd, 4096)
-            if not data:
-                break
-            buf += data
-    except BlockingIOError:
-        pass
     os.close(rfd)
-    os.close(pidfd)
     shutil.rmtree(workdir, ignore_errors=True)
     if timed_out:
         kind, code = "timeout", None
@@ -218,8 +362,13 @@ def run(cfg, req):
         kind, code = "signal", -os.WTERMSIG(status)
     else:
         kind, code = "exit", os.WEXITSTATUS(status)
-    return {"status": kind, "exit_code": code, "results": buf.decode("ascii", "replace"),
-            "seconds": round(time.monotonic() - t0, 4)}
+    out = bytes(buf)
+    resp = {"status": kind, "exit_code": code, "seconds": round(time.monotonic() - t0, 4)}
+    if tests:
+        resp["defined"] = out[:1] == DEFINED
+        out = out[1:] if resp["defined"] else b""
+    resp["results"] = out.decode("ascii", "replace")
+    return resp
 
 
 def _preload():
@@ -233,16 +382,21 @@ def _preload():
 
 
 def main():
+    global _prctl
     cfg = json.loads(sys.argv[1])
     _preload()
-    os.makedirs(cfg["workroot"], exist_ok=True)
-    if not cfg["sandboxed"]:
-        try:  # orphans of the program come back to us to be reaped
-            import ctypes
+    # What is loaded now lives as long as the server: keep the collector from touching it
+    # in every forked program (each touch copies a page after fork()).
+    gc.freeze()
+    try:
+        import ctypes
 
-            ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-        except Exception:
-            pass
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except Exception:
+        pass
+    os.makedirs(cfg["workroot"], exist_ok=True)
+    if not cfg["sandboxed"] and _prctl is not None:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the program come back to us to be reaped
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     # Nothing the programs print may reach the protocol stream.
