@@ -14,22 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from posttrain.data.prompts import prompt_messages
 from posttrain.errors import DataError
 from posttrain.jsonl import read_jsonl, write_jsonl_atomic
-
-
-def prompt_messages(row: dict, where: str) -> list[dict]:
-    """The conversation to complete: ``messages`` minus any trailing assistant turn, or
-    ``prompt`` as one user message."""
-    if isinstance(row.get("messages"), list) and row["messages"]:
-        msgs = list(row["messages"])
-        while msgs and msgs[-1].get("role") == "assistant":
-            msgs.pop()
-        if msgs:
-            return msgs
-    if isinstance(row.get("prompt"), str) and row["prompt"]:
-        return [{"role": "user", "content": row["prompt"]}]
-    raise DataError(f"{where}: needs `messages` (prompt turns) or `prompt`")
 
 
 def summarize(rows: list[dict], scores: list[float]) -> dict[str, Any]:

@@ -12,7 +12,11 @@ from typing import Sequence
 
 import torch
 
+from posttrain.logprobs import pad_sequences, positions_from_mask, response_logprobs
 from posttrain.models.chat_template import OLMO2_CHAT_TEMPLATE
+
+__all__ = ["LoraSettings", "Policy", "pad_sequences", "pick_device", "pick_dtype", "positions_from_mask",
+           "prepare_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -42,53 +46,14 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` means bf16 on a GPU that has it and fp32 elsewhere: CPUs without bf16
-    units run bf16 matmuls 70-250x slower than fp32."""
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+def pick_dtype(dtype: str, device: torch.device, *, trainable: bool = False, lora: bool = False) -> torch.dtype:
+    """The dtype to load weights in (``posttrain.training.precision.weights_dtype``):
+    ``auto`` is fp32 for weights that will be trained (the master copy; compute goes bf16
+    through mixed precision), bf16 for frozen ones on a GPU that has it (a LoRA policy's
+    base included), and fp32 on a CPU, where bf16 matmuls are 70-250x slower."""
+    from posttrain.training.precision import weights_dtype
 
-
-def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token-id lists into ``(input_ids, attention_mask)`` tensors on the given side."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        else:
-            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, so left padding does
-    not shift positions."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token given the ones before it: ``out[:, t]`` is
-    ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``. Shape ``(B, T-1)``, differentiable.
-
-    Computed as ``logit[target] - logsumexp(logits)`` so the full log-softmax over the
-    vocabulary (100k wide for OLMo 2) is never materialised."""
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask)
-    ).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return weights_dtype(dtype, device.type, trainable=trainable, lora=lora)
 
 
 class Policy:
@@ -110,16 +75,19 @@ class Policy:
         device: str | None = None,
         lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
+        trainable: bool = False,
     ) -> "Policy":
         """Load from a local ``save_pretrained`` folder or a hub id (with ``revision``, e.g.
-        OLMo's ``stepN-tokensMB`` intermediate checkpoints)."""
+        OLMo's ``stepN-tokensMB`` intermediate checkpoints). ``trainable``: the weights will
+        be trained, so ``dtype: auto`` loads them in fp32 (``pick_dtype``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dev = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)
         prepare_tokenizer(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), revision=revision, dtype=pick_dtype(dtype, dev)
+            str(name_or_path), revision=revision,
+            dtype=pick_dtype(dtype, dev, trainable=trainable, lora=lora is not None)
         ).to(dev)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -160,7 +128,6 @@ class Policy:
         return list(out["input_ids"])
 
     # ------------------------------------------------------------------ log-probs
-    @torch.no_grad()
     def response_logprobs(
         self,
         prompts: Sequence[Sequence[int]],
@@ -168,25 +135,14 @@ class Policy:
         *,
         batch_size: int = 16,
         padding_side: str = "right",
+        temperature: float = 1.0,
     ) -> list[torch.Tensor]:
         """Per-token log-probs of each response given its prompt, one 1-D tensor per
-        example (length = its response length). Batched; padding on either side gives the
-        same numbers as scoring each example alone."""
-        out: list[torch.Tensor] = []
-        pad = self.tokenizer.pad_token_id
-        self.model.eval()
-        for start in range(0, len(prompts), batch_size):
-            ps, rs = prompts[start : start + batch_size], responses[start : start + batch_size]
-            seqs = [list(p) + list(r) for p, r in zip(ps, rs)]
-            ids, mask = pad_sequences(seqs, pad, padding_side)
-            lp = token_logprobs(self.model, ids.to(self.device), mask.to(self.device)).cpu()
-            width = ids.shape[1]
-            for i, (p, r) in enumerate(zip(ps, rs)):
-                offset = 0 if padding_side == "right" else width - len(p) - len(r)
-                # target t+1 sits at column t of the shifted log-probs
-                first = offset + len(p) - 1
-                out.append(lp[i, first : first + len(r)])
-        return out
+        example (length = its response length), no grad. Batched; padding on either side
+        gives the same numbers as scoring each example alone. The LM head runs on the
+        response positions only (``posttrain.logprobs``)."""
+        return response_logprobs(self.model, prompts, responses, self.tokenizer.pad_token_id, temperature=temperature,
+                                 batch_size=batch_size, padding_side=padding_side, device=self.device)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -232,18 +188,21 @@ class Policy:
         return texts
 
     # ------------------------------------------------------------------ saving
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
         """Write a plain ``save_pretrained`` folder (model + tokenizer). A LoRA policy is
         saved merged, so transformers and vLLM load it with no peft; its adapter alone is
-        kept beside it in ``adapter/``."""
+        kept beside it in ``adapter/``. ``state_dict``: the full weights to write instead
+        of the model's own (sharded training gathers them first)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
         if self.is_lora:
+            if state_dict is not None:
+                raise NotImplementedError("saving a LoRA policy from a gathered state dict")
             model.save_pretrained(out / "adapter")
             # merge_and_unload mutates the model in place, so merge a copy: training goes on.
             model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state_dict)
         self.tokenizer.save_pretrained(out)
         return out
 

@@ -2,9 +2,9 @@
 
 ``pair_logps`` runs one forward over a collated batch (both sides of each pair share one
 row: prompt and common response start computed once) and returns each sequence's summed
-response log-prob. For architectures whose LM head is a plain linear layer it projects
-only the scored positions to the vocabulary: prompt positions never become logits
-(OLMo 2's vocabulary is 100k wide).
+response log-prob. Through ``posttrain.logprobs.logprobs_at`` it projects only the scored
+positions to the vocabulary where the architecture allows it: prompt positions never
+become logits (OLMo 2's vocabulary is 100k wide).
 
 The reference log-probs of a dataset depend on the reference weights, the token ids of
 the pairs (which fix data, tokenizer, chat template, max length and truncation) and
@@ -22,44 +22,22 @@ from typing import Sequence
 import torch
 
 from posttrain.data.preference import PreferencePair, collate_pairs, pair_row_length
+from posttrain.logprobs import logprobs_at
 
 log = logging.getLogger(__name__)
-
-# Model types whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or
-# scaling), so projecting a subset of positions gives the same numbers.
-_PLAIN_HEAD = {"olmo", "olmo2", "olmo3", "llama", "mistral", "qwen2", "qwen3"}
-
-
-def _decoder_and_head(model):
-    # A DDP wrapper must be called as a whole (its forward prepares the gradient sync),
-    # so only an unwrapped model (or a peft wrapper around one) is taken apart.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(base, "config", None), "model_type", None) not in _PLAIN_HEAD:
-        return None, None
-    decoder, head = getattr(base, "model", None), base.get_output_embeddings()
-    if decoder is None or head is None:
-        return None, None
-    return decoder, head
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor], *, generic: bool = False) -> torch.Tensor:
     """Summed response log-probs of both sides of every pair of a :func:`collate_pairs`
     batch, shape ``(2B,)``: chosen ones first. Differentiable when called with grad
     enabled. ``generic`` forces the path any causal LM takes (full logits)."""
-    ids, pos = batch["input_ids"], batch["position_ids"]
     mask = batch["attention_mask"]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(getattr(base, "config", None), "_attn_implementation", "sdpa") == "eager":
         mask = torch.zeros(mask.shape, dtype=base.dtype, device=mask.device).masked_fill(
             ~mask, torch.finfo(base.dtype).min)  # eager attention adds the mask to the scores
-    rows, cols, targets = batch["score_row"], batch["score_pos"], batch["score_target"]
-    decoder, head = (None, None) if generic else _decoder_and_head(model)
-    if decoder is not None:
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-        logits = head(hidden[rows, cols]).float()
-    else:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[rows, cols].float()
-    tok = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    tok = logprobs_at(model, batch["input_ids"], (batch["score_row"], batch["score_pos"]), batch["score_target"],
+                      attention_mask=mask, position_ids=batch["position_ids"], generic=generic).logprobs
     n = 2 * batch["chosen_tokens"].shape[0]
     return torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_out"], tok)
 

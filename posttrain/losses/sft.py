@@ -23,21 +23,10 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(positions, targets)`` for ``sft_loss_at``: the flat indices (into ``B * T``) of
-    the positions ``t`` whose next label ``labels[:, t+1]`` is trained, and those labels.
-    Meant for the collate function (CPU), so the training step needs no device sync to
-    find them."""
+    """``(positions, targets)``: the flat indices (into ``B * T``) of the positions ``t``
+    whose next label ``labels[:, t+1]`` is trained, and those labels, so that the SFT loss
+    runs the LM head on those rows alone (``posttrain.logprobs``). Meant for the collate
+    function (CPU), so the training step needs no device sync to find them."""
     keep = labels[:, 1:] != IGNORE_INDEX
     rows, cols = keep.nonzero(as_tuple=True)
     return rows * labels.shape[1] + cols, labels[rows, cols + 1]
-
-
-def sft_loss_at(hidden: torch.Tensor, lm_head: torch.nn.Module, positions: torch.Tensor,
-                targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``sft_loss`` from the final hidden states ``(B, T, H)``: only the label positions go
-    through the LM head and the cross-entropy, so prompt and padding positions cost no
-    head FLOPs and no ``(B, T, vocab)`` logits tensor is built (the head is 100k wide for
-    OLMo 2). Same sum as ``sft_loss`` on the full logits; returns the count as an int."""
-    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-    logits = lm_head(picked).float()
-    return F.cross_entropy(logits, targets, reduction="sum"), targets.shape[0]

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
@@ -64,7 +65,11 @@ def run_recipe(recipe: Recipe, force_stage: str | None = None) -> Path:
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # see training.loop.get_accelerator
+    # The main process alone does some preparation (tokenizing a large mixture, a DPO
+    # reference pass, the post-stage eval) while the others wait at a barrier; NCCL's
+    # default 10-minute collective timeout would kill such a wait on a real model.
+    timeout = timedelta(seconds=float(os.environ.get("POSTTRAIN_COLLECTIVE_TIMEOUT_S", 4 * 3600)))
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)  # see training.loop.get_accelerator
     run_dir = Path(recipe.output_dir)
     steps = plan_run(recipe, run_dir, force_stage)  # stops on a changed stage before anything is touched
     if state.is_main_process:

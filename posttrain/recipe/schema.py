@@ -155,6 +155,13 @@ class TrainStageConfig(StageConfig):
     kill/resume guarantee is tested for eager runs."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter instead of all weights."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """Precision of the training forward and backward. ``auto``: bf16 on a GPU that has it,
+    fp32 on a CPU. ``bf16``: bf16 compute under autocast (FSDP2: its mixed-precision
+    policy) while the trained weights and optimizer state stay fp32, the master copy an
+    update at a small learning rate needs (a bf16 weight near 0.02 cannot move by 5e-7).
+    ``no``: compute in the weights' dtype. fp16 is not offered: without loss scaling its
+    gradients underflow."""
     logging_steps: int = Field(10, gt=0)
     """Write training metrics every N optimizer steps."""
     eval_steps: int | None = Field(None, gt=0)
@@ -163,6 +170,10 @@ class TrainStageConfig(StageConfig):
     """Write a resumable checkpoint every N optimizer steps (one is always written at the end)."""
     keep_last: int = Field(2, gt=0)
     """Keep only the newest K step checkpoints."""
+    skip_nonfinite_steps: bool = False
+    """An optimizer step whose loss or gradient holds a NaN or Inf stops the stage before it
+    is applied (the checkpoints stay clean); true skips such a step instead (weights
+    unchanged, counted as ``nonfinite_skipped_steps`` in the metrics)."""
 
 
 class MetricsConfig(Strict):

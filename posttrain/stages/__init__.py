@@ -4,6 +4,7 @@ metrics. Importing this package registers every built-in stage."""
 from posttrain.stages.registry import get_stage, register_stage, stage_names
 from posttrain.stages import sft  # noqa: F401,E402  (registers "sft")
 from posttrain.stages import dpo  # noqa: F401,E402  (registers "dpo")
+from posttrain.stages import pairs  # noqa: F401,E402  (registers "pairs")
 from posttrain.stages import soup  # noqa: F401,E402  (registers "soup")
 
 __all__ = ["get_stage", "register_stage", "stage_names"]

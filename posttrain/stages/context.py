@@ -99,5 +99,5 @@ class StageContext:
         if lora is not None:
             set_seed(self.seed)  # LoRA initialises its adapters from the global RNG
         return Policy.load(self.input_model, revision=self.input_revision, dtype=self.recipe.model.dtype,
-                           device=str(get_accelerator().device), lora=lora,
+                           device=str(get_accelerator().device), lora=lora, trainable=trainable,
                            gradient_checkpointing=trainable and getattr(cfg, "gradient_checkpointing", False))

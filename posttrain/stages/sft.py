@@ -10,9 +10,8 @@ from typing import Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-import torch
-
-from posttrain.losses.sft import IGNORE_INDEX, label_positions, sft_loss, sft_loss_at
+from posttrain.logprobs import decoder_and_head, logprobs_at  # noqa: F401 (decoder_and_head: re-exported)
+from posttrain.losses.sft import IGNORE_INDEX, label_positions, sft_loss
 from posttrain.recipe.schema import TrainStageConfig
 from posttrain.stages.registry import register_stage
 from posttrain.training import LossOutput, Trainer, get_accelerator, set_seed
@@ -49,36 +48,18 @@ class SFTConfig(TrainStageConfig):
     windows of 64 batches, then the batches shuffled) to cut padding."""
 
 
-# Causal LMs whose logits are exactly ``lm_head(final hidden state)`` (no softcapping or
-# logit scaling), so the loss may apply the head to label positions only.
-PLAIN_HEAD_MODELS = {"olmo", "olmo2", "olmo3", "llama", "mistral", "qwen2", "qwen3"}
-
-
-def decoder_and_head(model):
-    """``(decoder, lm_head)`` of a plain-head causal LM (through a peft wrapper), or None:
-    for other architectures, and for a DDP-wrapped model, whose gradient sync needs its own
-    ``forward`` to run."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_HEAD_MODELS:
-        return None
-    return base.get_decoder(), base.get_output_embeddings()
-
-
 def sft_loss_fn(model, batch: dict) -> LossOutput:
     """Forward a (padded or packed) batch and return the summed label-token loss. When the
-    batch carries ``loss_positions`` / ``loss_targets`` (``with_label_positions``) and the
-    model allows it, only those positions go through the LM head."""
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                  position_ids=batch.get("position_ids"), use_cache=False)
-    parts = decoder_and_head(model) if "loss_positions" in batch else None
-    if parts is not None:
-        decoder, head = parts
-        loss_sum, n = sft_loss_at(decoder(**inputs).last_hidden_state, head, batch["loss_positions"],
-                                  batch["loss_targets"])
-        return LossOutput(loss_sum, n)
-    loss_sum, n_tokens = sft_loss(model(**inputs).logits, batch["labels"])
+    batch carries ``loss_positions`` / ``loss_targets`` (``with_label_positions``), only
+    those positions go through the LM head where the model allows it
+    (``posttrain.logprobs.logprobs_at``)."""
+    inputs = dict(attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
+    if "loss_positions" in batch:
+        targets = batch["loss_targets"]
+        out = logprobs_at(model, batch["input_ids"], batch["loss_positions"], targets, **inputs)
+        return LossOutput(-out.logprobs.sum(), targets.shape[0])
+    loss_sum, n_tokens = sft_loss(model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits,
+                                  batch["labels"])
     return LossOutput(loss_sum, n_tokens)
 
 

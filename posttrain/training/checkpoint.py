@@ -8,7 +8,9 @@ trained models in ``models/<name>/`` (e.g. PPO's value model), plus ``trainer_st
   step counts, the world size, and the driver's position (the fixed-data driver: epoch and
   micro-batch index, the epoch's order being recreated from the seed and epoch);
 - ``optimizer.pt``, ``scheduler.pt`` (main model), ``optimizer-<name>.pt``,
-  ``scheduler-<name>.pt`` (each other trained model);
+  ``scheduler-<name>.pt`` (each other trained model); a sharded run (FSDP2) instead
+  writes each process's optimizer shard with ``torch.distributed.checkpoint`` into
+  ``optimizer_shards/`` (``optimizer-<name>_shards/``) and resumes on the same world size;
 - ``rng_<rank>.pt``: python, numpy, torch (and CUDA) RNG states of each process;
 - ``driver_<rank>.pt``: the online driver's own state of each process (e.g. its prompt
   position), any picklable value, when it has one.
@@ -100,10 +102,11 @@ def _optim_files(name: str, main: bool) -> tuple[str, str]:
 
 
 def write_trainer_state(folder: Path, state: dict, optim: dict[str, tuple[Any, Any]], rank: int, rng: dict,
-                        driver_state: Any = None) -> None:
+                        driver_state: Any = None, *, optimizers: bool = True) -> None:
     """Write this process's part of ``trainer_state/`` (rank 0 also writes the shared
     part). ``optim`` maps each trained model's name to its ``(optimizer, scheduler)``, the
-    main model first."""
+    main model first. ``optimizers=False``: leave the optimizer states out (sharded runs
+    write theirs per process, ``sharding.save_optimizer_shards``)."""
     sd = folder / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
     torch.save(rng, sd / f"rng_{rank}.pt")
@@ -112,7 +115,8 @@ def write_trainer_state(folder: Path, state: dict, optim: dict[str, tuple[Any, A
     if rank == 0:
         for i, (name, (optimizer, scheduler)) in enumerate(optim.items()):
             opt_file, sched_file = _optim_files(name, i == 0)
-            torch.save(optimizer.state_dict(), sd / opt_file)
+            if optimizers:
+                torch.save(optimizer.state_dict(), sd / opt_file)
             torch.save(scheduler.state_dict(), sd / sched_file)
         # state.json last: within the .tmp folder it completes the state.
         (sd / "state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -129,25 +133,27 @@ class SavedState:
     driver_state: Any
 
 
-def read_trainer_state(folder: Path, rank: int, names: list[str]) -> SavedState:
+def read_trainer_state(folder: Path, rank: int, names: list[str], *, optimizers: bool = True) -> SavedState:
     """The trainer state of a checkpoint for this process; ``names``: the trained models,
-    the main one first."""
+    the main one first. ``optimizers=False``: do not read optimizer files (sharded runs
+    read their shards themselves)."""
     sd = folder / STATE_DIR
     state = json.loads((sd / "state.json").read_text())
     saved = state.get("models", names[:1])
     if list(saved) != list(names):
         raise ValueError(f"{folder}: the checkpoint trained models {saved}, this run trains {names}")
     # Our own files: the RNG states hold numpy and Python tuples, which weights_only refuses.
-    optimizers, schedulers = {}, {}
+    optims, schedulers = {}, {}
     for i, name in enumerate(names):
         opt_file, sched_file = _optim_files(name, i == 0)
-        optimizers[name] = torch.load(sd / opt_file, map_location="cpu", weights_only=False)
+        if optimizers and (sd / opt_file).exists():
+            optims[name] = torch.load(sd / opt_file, map_location="cpu", weights_only=False)
         schedulers[name] = torch.load(sd / sched_file, weights_only=False)
     rng_file = sd / f"rng_{rank}.pt"
     rng = torch.load(rng_file if rng_file.exists() else sd / "rng_0.pt", weights_only=False)
     driver_file = sd / f"driver_{rank}.pt"
     driver = torch.load(driver_file, weights_only=False) if driver_file.exists() else None
-    return SavedState(state, optimizers, schedulers, rng, driver)
+    return SavedState(state, optims, schedulers, rng, driver)
 
 
 def load_weights(model, folder: Path) -> None:

@@ -59,7 +59,11 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from posttrain.errors import PosttrainError
+from posttrain.logprobs import LogprobsModule
 from posttrain.training import checkpoint as ckpt
+from posttrain.training import sharding
+from posttrain.training.guards import NonFiniteGuard
+from posttrain.training.precision import compute_precision
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +104,16 @@ class OptimizerSettings:
     """Adam's moment decay rates."""
     eps: float = 1e-8
     """Adam's denominator epsilon."""
+    skip_nonfinite: bool = False
+    """A step with a NaN/Inf loss or gradient is skipped (counted) instead of stopping the
+    stage (``posttrain.training.guards``)."""
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "OptimizerSettings":
         """From a ``TrainStageConfig`` (learning rate, weight decay, clipping, schedule)."""
         values = dict(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm, lr_scheduler=cfg.lr_scheduler,
-                      warmup_ratio=cfg.warmup_ratio)
+                      warmup_ratio=cfg.warmup_ratio, skip_nonfinite=getattr(cfg, "skip_nonfinite_steps", False))
         return cls(**{**values, **overrides})
 
 
@@ -153,14 +160,9 @@ class Restored:
 
 
 def resolve_mixed_precision(value: str) -> str:
-    """``no``, ``bf16`` or ``auto`` -> what accelerate gets (``no`` or ``bf16``)."""
-    if value in ("fp16", "float16"):
-        raise PosttrainError("mixed_precision fp16 is not supported (its gradients need loss scaling); use bf16")
-    if value == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if value not in ("no", "bf16"):
-        raise PosttrainError(f"mixed_precision must be no, bf16 or auto, got {value!r}")
-    return value
+    """``no``, ``bf16`` or ``auto`` -> what accelerate gets (``no`` or ``bf16``) on this
+    machine (``precision.compute_precision``); fp16 is refused."""
+    return compute_precision(value, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def get_accelerator(mixed_precision: str | None = None):
@@ -177,7 +179,11 @@ def get_accelerator(mixed_precision: str | None = None):
         AcceleratorState._reset_state()
     # cpu=True on a machine without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE
     # there and every process trains alone (gloo is the CPU backend).
-    return Accelerator(mixed_precision=wanted, cpu=not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision=wanted, cpu=not torch.cuda.is_available())
+    sharding.enable_sharding_on_cpu(acc.state)
+    sharding.check_supported(acc)
+    sharding.load_models_whole(acc)
+    return acc
 
 
 def set_seed(seed: int) -> None:
@@ -192,8 +198,11 @@ class StepEngine:
     def __init__(self, *, mixed_precision: str = "no"):
         self.acc = get_accelerator(mixed_precision)
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        self.sharded = sharding.is_sharded(self.acc)
+        """Parameters split over processes (FSDP2, DeepSpeed): saving gathers them."""
         self.models: dict[str, TrainedModel] = {}
         self.frozen: dict[str, Any] = {}
+        self.guard = NonFiniteGuard(self.acc)
 
     @property
     def device(self) -> torch.device:
@@ -225,20 +234,29 @@ class StepEngine:
             return params, torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate,
                                              betas=settings.betas, eps=settings.eps, **_fast_adamw())
 
-        from accelerate.utils import DistributedType
-
-        if self.acc.is_fsdp2 or self.acc.distributed_type == DistributedType.DEEPSPEED:
+        if self.sharded and hasattr(model, "peft_config"):
+            raise PosttrainError(f"model {name!r}: LoRA with FSDP or DeepSpeed is not supported; train LoRA "
+                                 "with DDP (recipes/accelerate/ddp.yaml), which its small optimizer state suits")
+        # On several processes the wrapper (DDP, FSDP2's root, DeepSpeed) must see every
+        # forward: it holds the fast log-prob path too (posttrain.logprobs.LogprobsModule).
+        wrapped = LogprobsModule(model) if self.world > 1 else model
+        if sharding.is_deepspeed(self.acc):
+            if self.models:
+                raise PosttrainError(f"model {name!r}: DeepSpeed trains one model per stage here; use FSDP2 "
+                                     "(recipes/accelerate/fsdp2.yaml) to train several")
+            sharding.configure_deepspeed(self.acc, settings.max_grad_norm)
+        if self.sharded:
             # These remap an optimizer built on the unwrapped parameters while sharding.
-            _, opt = build_optimizer(model)
-            module, optimizer = self.acc.prepare(model, opt)
+            _, opt = build_optimizer(wrapped)
+            module, optimizer = self.acc.prepare(wrapped, opt)
             params = [p for p in module.parameters() if p.requires_grad]
         else:
-            module = self.acc.prepare(model)
+            module = self.acc.prepare(wrapped)
             params, opt = build_optimizer(module)
             optimizer = self.acc.prepare(opt)
         warmup = settings.warmup_steps if settings.warmup_steps is not None else math.ceil(
             settings.warmup_ratio * total_steps)
-        scheduler = get_scheduler(settings.lr_scheduler, optimizer.optimizer, num_warmup_steps=warmup,
+        scheduler = get_scheduler(settings.lr_scheduler, _torch_optimizer(optimizer), num_warmup_steps=warmup,
                                   num_training_steps=total_steps)
         entry = TrainedModel(name, module, model, params, optimizer, scheduler, settings,
                              save or _default_save(model))
@@ -267,10 +285,12 @@ class StepEngine:
         """The engine's mixed-precision context (nothing in fp32)."""
         return self.acc.autocast()
 
-    def full_state_dict(self, name: str) -> dict:
-        """The trained model's full, unsharded state dict (every process must call it):
-        what a rollout engine's ``update_weights`` takes."""
-        return self.acc.get_state_dict(self.models[name].module)
+    def full_state_dict(self, name: str, *, everywhere: bool = False) -> dict:
+        """The trained model's full, unsharded weights under the bare model's names (every
+        process must call it): what a rollout engine's ``update_weights`` takes. Sharded,
+        only the main process gets them unless ``everywhere``. A LoRA model's come
+        unmerged (``posttrain.rollout.policy_weights`` merges them)."""
+        return sharding.full_state_dict(self.acc, self.models[name].module, everywhere=everywhere)
 
     # ------------------------------------------------------------------ steps
     def step(self, name: str, micro_batches: Sequence[dict], loss_fn: LossFn, *, reduction: Reduction = "mean",
@@ -295,6 +315,10 @@ class StepEngine:
         if join_only:
             micro_batches = micro_batches[:1]
         tm.module.train()
+        deepspeed = sharding.is_deepspeed(acc)
+        if deepspeed and count_items is None and (reduction == "mean" or self.world > 1):
+            # Its partitioned gradients cannot be rescaled after the backward.
+            raise PosttrainError(f"{name}: under DeepSpeed a loss needs count_items (items known before the forward)")
         # DDP averages gradients over processes; the scale undoes that and applies the
         # reduction. With count_items it is known before the forward passes and goes into
         # the loss; otherwise the gradients are rescaled after the last backward.
@@ -311,6 +335,8 @@ class StepEngine:
         for i, cpu_batch in enumerate(micro_batches):
             batch = self.to_device(cpu_batch)
             sync = i == len(micro_batches) - 1
+            if deepspeed:  # DeepSpeed reduces, clips and steps at the boundary accelerate tells it
+                acc.gradient_state._set_sync_gradients(sync)
             with contextlib.nullcontext() if sync else acc.no_sync(tm.module):
                 with acc.autocast():
                     out = loss_fn(tm.module, batch)
@@ -326,21 +352,40 @@ class StepEngine:
         if loss_scale is None and (reduction == "mean" or self.world > 1):
             step_items = acc.reduce(items, "sum") if self.world > 1 else items
             scale = self.world / step_items.clamp(min=1) if reduction == "mean" else float(self.world)
+            if self.sharded:
+                scale = float(scale)  # DTensor gradients take a Python scalar, not a plain tensor
             torch._foreach_mul_([p.grad for p in tm.params if p.grad is not None], scale)
-        return StepResult(loss_sum, items, metrics, tokens)
+        result = StepResult(loss_sum, items, metrics, tokens)
+        self.guard.check(tm, result)  # a NaN/Inf step stops the stage here, or is marked to be skipped
+        return result
 
     def apply_gradients(self, name: str, *, grad_norm: bool = True) -> torch.Tensor | None:
         """Clip (over the prepared parameters), step the optimizer and the schedule, zero
         the gradients. Returns the norm before clipping when clipped or ``grad_norm``."""
         tm = self.models[name]
         norm = None
+        if self.guard.skip_pending(tm):
+            return None
+        if sharding.is_deepspeed(self.acc):
+            # It clipped and stepped in the last backward (``compute_gradients``); the rest
+            # are accelerate's no-ops for it, the schedule is ours.
+            tm.optimizer.step()
+            tm.scheduler.step()
+            tm.optimizer_steps += 1
+            value = tm.module.get_global_grad_norm()
+            return None if value is None else torch.as_tensor(float(value))
         if tm.settings.max_grad_norm:
             # All of the prepared module's parameters: accelerate matches that list to the
             # wrapped model to clip FSDP shards with a global norm.
             norm = self.acc.clip_grad_norm_(list(tm.module.parameters()), tm.settings.max_grad_norm)
         elif grad_norm:
             grads = [p.grad for p in tm.params if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
+            norm = None
+            if grads and self.sharded:  # over every shard, not this process's alone
+                norm = torch.nn.utils.get_total_norm(grads)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            elif grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         tm.optimizer.step()
         tm.scheduler.step()
         tm.optimizer.zero_grad(set_to_none=True)
@@ -358,21 +403,27 @@ class StepEngine:
         main model's folder at its root, the other trained models in ``models/<name>/``,
         and ``trainer_state/`` (optimizers, schedules, RNG and ``driver_state`` of each
         process, ``state.json`` with ``state`` plus step and tokens). Prunes to
-        ``keep_last``. RNG streams continue as if nothing was saved."""
+        ``keep_last``. RNG streams continue as if nothing was saved. Sharded training
+        gathers each model's full weights for its folder (all processes take part; the
+        main one writes) and writes each process's optimizer shard."""
         acc = self.acc
         rng = ckpt.rng_state()  # before saving: what an uninterrupted run continues with
         final = Path(directory) / ckpt.checkpoint_name(step, tokens)
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
             ckpt.atomic_dir(final)
-            for i, tm in enumerate(self.models.values()):
-                tm.save(tmp if i == 0 else tmp / ckpt.MODELS_DIR / tm.name)
         acc.wait_for_everyone()
-        full_state = {**state, "step": step, "tokens": tokens, "world_size": self.world,
+        for i, tm in enumerate(self.models.values()):
+            self._write_model(tm, tmp if i == 0 else tmp / ckpt.MODELS_DIR / tm.name)
+        acc.wait_for_everyone()
+        full_state = {**state, "step": step, "tokens": tokens, "world_size": self.world, "sharded": self.sharded,
                       "models": list(self.models),
                       "optimizer_steps": {n: tm.optimizer_steps for n, tm in self.models.items()}}
         optim = {n: (tm.optimizer, tm.scheduler) for n, tm in self.models.items()}
-        ckpt.write_trainer_state(tmp, full_state, optim, self.rank, rng, driver_state)
+        if self.sharded:
+            for i, tm in enumerate(self.models.values()):
+                sharding.save_optimizer_shards(tmp / ckpt.STATE_DIR, tm.name, i == 0, tm.module, tm.optimizer)
+        ckpt.write_trainer_state(tmp, full_state, optim, self.rank, rng, driver_state, optimizers=not self.sharded)
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.commit_dir(tmp, final)
@@ -381,36 +432,67 @@ class StepEngine:
         ckpt.set_rng_state(rng)  # saving must not shift the RNG streams
         return final
 
+    def _write_model(self, tm: TrainedModel, folder: Path) -> None:
+        """``tm.save(folder)`` on the main process; sharded, with the gathered full weights
+        (``save(folder, state_dict=...)``), every process taking part in the gather."""
+        if not self.sharded:
+            if self.acc.is_main_process:
+                tm.save(folder)
+            return
+        full = sharding.full_state_dict(self.acc, tm.module)
+        if self.acc.is_main_process:
+            tm.save(folder, state_dict=full)
+
     def load_checkpoint(self, folder: Path) -> Restored:
         """Load every trained model's weights, optimizer and schedule, and this process's
-        RNG states, from a checkpoint ``save_checkpoint`` wrote."""
-        saved = ckpt.read_trainer_state(folder, self.rank, list(self.models))
+        RNG states, from a checkpoint ``save_checkpoint`` wrote (every process calls it)."""
+        saved = ckpt.read_trainer_state(folder, self.rank, list(self.models), optimizers=not self.sharded)
+        if bool(saved.state.get("sharded", False)) != self.sharded:
+            raise PosttrainError(f"{folder}: written by a {'sharded' if saved.state.get('sharded') else 'unsharded'} "
+                                 f"run; resume it with the same kind of launch (FSDP/DeepSpeed or not)")
         if saved.state.get("world_size", 1) != self.world:
+            if self.sharded:
+                raise PosttrainError(f"{folder}: a sharded checkpoint of {saved.state.get('world_size')} processes "
+                                     f"resumes on the same number of processes, not {self.world}")
             log.warning("resuming a %s-process checkpoint on %d processes: data order will differ",
                         saved.state.get("world_size"), self.world)
         for i, tm in enumerate(self.models.values()):
-            ckpt.load_weights(tm.model, folder if i == 0 else folder / ckpt.MODELS_DIR / tm.name)
-            tm.optimizer.load_state_dict(saved.optimizers[tm.name])
+            weights = folder if i == 0 else folder / ckpt.MODELS_DIR / tm.name
+            if self.sharded:
+                sharding.load_full_state_dict(self.acc, tm.module, weights)
+                sharding.load_optimizer_shards(Path(folder) / ckpt.STATE_DIR, tm.name, i == 0, tm.module,
+                                               tm.optimizer)
+            else:
+                ckpt.load_weights(tm.model, weights)
+                tm.optimizer.load_state_dict(saved.optimizers[tm.name])
             tm.scheduler.load_state_dict(saved.schedulers[tm.name])
             tm.optimizer_steps = saved.state.get("optimizer_steps", {}).get(tm.name, 0)
         ckpt.set_rng_state(saved.rng)
         return Restored(saved.state, saved.driver_state)
 
     def save_main_model(self, out_dir: Path) -> None:
-        """The main model's folder, written atomically (the stage's output)."""
+        """The main model's folder, written atomically (the stage's output; every process
+        calls it)."""
+        tmp = Path(str(out_dir) + ".tmp")
         if self.acc.is_main_process:
             tmp = ckpt.atomic_dir(Path(out_dir))
-            self.main.save(tmp)
+        self.acc.wait_for_everyone()
+        self._write_model(self.main, tmp)
+        if self.acc.is_main_process:
             ckpt.commit_dir(tmp, Path(out_dir))
         self.acc.wait_for_everyone()
 
 
-def _default_save(model) -> Callable[[Path], Any]:
-    def save(folder: Path) -> None:
+def _default_save(model) -> Callable[..., Any]:
+    def save(folder: Path, state_dict: dict | None = None) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, state_dict=state_dict)
+        elif state_dict is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "model.safetensors"))
         else:
             from safetensors.torch import save_model
 
@@ -428,6 +510,14 @@ def _check_trainable_dtype(name: str, model) -> None:
         log.warning("model %r trains bf16 parameters without fp32 master weights: updates smaller than bf16's "
                     "resolution (about 1e-6 on weights near 0.02) are lost; load it in float32 and use "
                     "mixed_precision bf16", name)
+
+
+def _torch_optimizer(optimizer):
+    """The torch optimizer inside accelerate's wrapper (and DeepSpeed's ZeRO optimizer,
+    whose parameter groups are its inner optimizer's): what the schedule sets rates on."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 def _fast_adamw() -> dict:

@@ -215,7 +215,8 @@ class Trainer:
         row = win.summary(self.acc)
         row = {"loss": row.pop("loss"), "lr": self.scheduler.get_last_lr()[0], **win.rates(self.acc),
                "tokens": self._global_tokens(),
-               "epoch": self.epoch + self.micro / max(len(self._plan(self.epoch)), 1), **row}
+               "epoch": self.epoch + self.micro / max(len(self._plan(self.epoch)), 1), **row,
+               **self.engine.guard.metrics()}
         if self.acc.is_main_process:
             self.ctx.metrics.log(self.step, **row)
         return row
@@ -232,9 +233,17 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.acc.device, dtype=torch.float64)
         items = torch.zeros((), device=self.acc.device, dtype=torch.long)
         sums: dict[str, torch.Tensor] = {}
-        for idx in self.eval_plan[self.rank :: self.world]:
+        mine = self.eval_plan[self.rank :: self.world]
+        # Every process runs as many forwards as the busiest one: a sharded forward (FSDP2,
+        # ZeRO-3) gathers parameters with all processes, and DDP may sync buffers in it. A
+        # process with fewer batches repeats its first one and discards the result.
+        rounds = math.ceil(len(self.eval_plan) / self.world) if self.world > 1 else len(mine)
+        for i in range(rounds):
+            idx = mine[i] if i < len(mine) else self.eval_plan[0]
             with self.engine.autocast():
                 out = self._loss_fn(self.model, self.engine.to_device(self.collate([self.eval_examples[j] for j in idx])))
+            if i >= len(mine):
+                continue
             loss_sum += out.loss_sum.double()
             items += out.n_items
             for k, v in out.metrics.items():

@@ -271,6 +271,7 @@ class OnlineTrainer:
             row.update(w.summary(acc, prefix=f"{name}/"))
             row[f"{name}/lr"] = self.engine.models[name].scheduler.get_last_lr()[0]
         row.update(win.batch_means(acc))
+        row.update(self.engine.guard.metrics())
         if acc.is_main_process:
             self.ctx.metrics.log(self.step, **row)
         return row
