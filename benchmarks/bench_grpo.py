@@ -1,0 +1,271 @@
+"""One GRPO step: posttrain's RLVR stage vs TRL 1.16's ``GRPOTrainer``, side by side in one
+process, contenders alternating round by round so machine drift hits both alike.
+
+    flock /tmp/posttrain-heavy.lock .venv/bin/python benchmarks/bench_grpo.py --threads 2 --rounds 3
+
+Run it on a quiet machine (the load average is printed per round). Same for both:
+
+- model: a fresh tiny OLMo-2 (``init_tiny_model``, seed 0, ~3.4M parameters, fp32, no
+  dropout): it almost never samples EOS, so responses run the full ``--max-new-tokens``
+  in both and the work is equal (the generated token counts are printed);
+- prompts: the first ``--prompts`` questions of ``data/tiny/rlvr_train.jsonl`` in OLMo 2's
+  chat template, every step (the data set holds exactly those prompts); ``--n`` samples
+  each at temperature 1, top-p 1, no top-k;
+- transformers ``generate`` as the engine (posttrain ``engine: hf``, sharing the trained
+  model; TRL ``use_vllm=False``), fp32 (``bf16=False``), no gradient checkpointing;
+- reward: the ``gsm8k`` verifier (TRL through ``posttrain.verifiers.trl_rewards``;
+  posttrain through its verifier pool, 1 worker);
+- GRPO: one optimizer step per generation (TRL ``steps_per_generation`` 1,
+  ``num_iterations`` 1; posttrain one pass, one minibatch), all samples in one
+  micro-batch, advantages scaled by the group std, token-mean loss (TRL ``dapo``),
+  clip 0.2, AdamW at a constant lr 1e-5 (no warmup), gradient clipping at 1.0, ``--beta``
+  (TRL's default 0: no reference model; 0.01 with k3 is OLMo 2's setting).
+
+Per step: seconds between consecutive step ends (posttrain: its metrics.jsonl, one line
+per step; TRL: a ``TrainerCallback``), after ``--warmup`` steps, median over every
+measured step of every round; generated tokens/s = the step's generated tokens over that.
+Then where a posttrain step's time goes: generation, scoring (waiting for the verifier
+workers), reference log-probs, the rest of producing the batch, and the update split into
+the training forward (log-probs and entropy at response positions), backward and the
+optimizer step (an instrumented run of the same step built by the stage's own
+``build_run``). TRL's generation time is its ``_generate_single_turn``, timed by wrapping
+it on the trainer instance.
+
+What posttrain does not do that TRL does, and why it is not needed: with one optimizer
+step per generation batch neither computes old log-probs in a separate pass (the ratio's
+denominator is the training forward's own value, detached). Nothing else is skipped:
+both compute entropies, the KL (with ``--beta``), rewards, advantages and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "data" / "tiny" / "rlvr_train.jsonl"
+LR = 1e-5
+
+
+def load_rows(count: int) -> list[dict]:
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:count]]
+    return [{"messages": r["messages"], "dataset": r["dataset"], "ground_truth": r["ground_truth"]} for r in rows]
+
+
+# ---------------------------------------------------------------------------- posttrain
+def posttrain_stage_config(args, prompts_file: Path) -> dict:
+    return {"train_data": [{"path": str(prompts_file)}], "max_steps": args.warmup + args.steps,
+            "prompts_per_step": args.prompts, "samples_per_prompt": args.n, "max_new_tokens": args.max_new_tokens,
+            "max_length": 512, "temperature": 1.0, "learning_rate": LR, "lr_scheduler": "constant",
+            "warmup_ratio": 0.0, "max_grad_norm": 1.0, "beta": args.beta, "kl_estimator": "k3",
+            "per_device_batch_size": args.prompts * args.n, "generation_batch_size": args.prompts * args.n,
+            "loss_aggregation": "token_mean", "scale_rewards": "group", "clip_low": 0.2, "clip_high": 0.2,
+            "verifier_workers": 1, "logging_steps": 1}
+
+
+def posttrain_ctx(model_dir: Path, work: Path, stage: dict):
+    from posttrain.metrics import MetricsWriter
+    from posttrain.recipe.load import validate_recipe
+    from posttrain.stages.context import StageContext
+
+    recipe = validate_recipe({"output_dir": str(work), "seed": 0, "model": {"name_or_path": str(model_dir),
+                                                                             "dtype": "float32"},
+                              "stages": {"rlvr": stage}})
+    return StageContext(name="rlvr", config=recipe.stages["rlvr"], recipe=recipe, input_model=str(model_dir),
+                        input_revision=None, stage_dir=work / "rlvr",
+                        metrics=MetricsWriter(work / "rlvr" / "metrics.jsonl"))
+
+
+def run_posttrain(model_dir: Path, prompts_file: Path, args, work: Path) -> dict:
+    from posttrain.metrics import read_metrics
+    from posttrain.stages.rlvr.runner import build_run
+
+    ctx = posttrain_ctx(model_dir, work, posttrain_stage_config(args, prompts_file))
+    run = build_run(ctx)
+    try:
+        run.trainer.train()
+    finally:
+        run.close()
+        ctx.metrics.close()
+    rows = [r for r in read_metrics(ctx.stage_dir / "metrics.jsonl") if "policy/loss" in r]
+    ends = [r["time"] for r in rows]
+    measured = rows[args.warmup:]
+    seconds = [b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup:])]
+    return {"seconds": seconds, "tokens": [r["rollout/tokens"] for r in measured],
+            "parts": {k: statistics.median(r[k] for r in measured) for k in
+                      ("time/generate_s", "time/score_wait_s", "time/reference_s", "time/produce_s",
+                       "time/update_s")}}
+
+
+def posttrain_update_split(model_dir: Path, prompts_file: Path, args, work: Path, steps: int) -> dict:
+    """The update of a posttrain step split into forward / backward / optimizer step,
+    on the stage's own objects (``build_run``), timed piece by piece."""
+    from posttrain.stages.rlvr.runner import build_run
+    from posttrain.training.engine import set_seed
+
+    ctx = posttrain_ctx(model_dir, work, posttrain_stage_config(args, prompts_file))
+    run = build_run(ctx)
+    parts: dict[str, list[float]] = {"forward_s": [], "backward_s": [], "optimizer_s": [], "collate_s": []}
+    try:
+        set_seed(0)
+        trainer, engine = run.trainer, run.trainer.engine
+        tm, spec = engine.models["policy"], trainer.specs["policy"]
+        for step in range(args.warmup + steps):
+            modules = trainer.modules
+            for m in modules.values():
+                m.eval()
+            with torch.no_grad():
+                batch = run.source.produce(step, modules)
+            t0 = time.perf_counter()
+            micro = engine.to_device(trainer.collate(list(batch.samples)))
+            t1 = time.perf_counter()
+            tm.module.train()
+            out = spec.loss_fn(tm.module, micro)
+            t2 = time.perf_counter()
+            (out.loss_sum / max(int(out.n_items), 1)).backward()
+            t3 = time.perf_counter()
+            engine.apply_gradients("policy")
+            t4 = time.perf_counter()
+            if step >= args.warmup:
+                for k, v in zip(("collate_s", "forward_s", "backward_s", "optimizer_s"), (t1 - t0, t2 - t1, t3 - t2,
+                                                                                          t4 - t3)):
+                    parts[k].append(v)
+    finally:
+        run.close()
+        ctx.metrics.close()
+    return {k: statistics.median(v) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------- TRL
+def run_trl(model_dir: Path, rows: list[dict], args, work: Path) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.policy import prepare_tokenizer
+    from posttrain.verifiers.trl_rewards import verifier_reward
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prepare_tokenizer(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = GRPOConfig(
+        output_dir=str(work / "trl"), use_vllm=False, bf16=False, fp16=False, gradient_checkpointing=False,
+        use_cpu=True, num_generations=args.n, per_device_train_batch_size=args.prompts * args.n,
+        gradient_accumulation_steps=1, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
+        top_k=0, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        weight_decay=0.0, beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group",
+        max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to=[],
+        disable_tqdm=True, seed=0, dataloader_num_workers=0, log_completions=False,
+    )
+    data = Dataset.from_list([{"prompt": r["messages"], "dataset": r["dataset"], "ground_truth": r["ground_truth"]}
+                              for r in rows])
+    trainer = GRPOTrainer(model=model, reward_funcs=[verifier_reward()], args=cfg, train_dataset=data,
+                          processing_class=tokenizer)
+    ends, gen_s, tokens = [], [], []
+    generate = trainer._generate_single_turn
+
+    def timed_generate(*a, **kw):
+        t = time.perf_counter()
+        out = generate(*a, **kw)
+        gen_s.append(time.perf_counter() - t)
+        tokens.append(sum(len(c) for c in out[0]))
+        return out
+
+    trainer._generate_single_turn = timed_generate
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(StepEnds())
+    trainer.train()
+    seconds = [b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup:])]
+    return {"seconds": seconds, "tokens": tokens[args.warmup:], "parts": {"generate_s": statistics.median(
+        gen_s[args.warmup:])}}
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=2, help="prompts per step (default: %(default)s)")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="response length (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient, both (default: %(default)s, TRL's)")
+    p.add_argument("--steps", type=int, default=10, help="measured steps per round (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured first steps (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="A/B rounds (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (the first step's end is the first timestamp)")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.disable(logging.WARNING)
+    from posttrain.models import init_tiny_model
+
+    load = lambda: " ".join(f"{x:.2f}" for x in os.getloadavg())  # noqa: E731
+    print(f"load average at start: {load()}", flush=True)
+    results: dict[str, dict] = {"posttrain": {"seconds": [], "tokens": []}, "trl": {"seconds": [], "tokens": []}}
+    parts: dict[str, list[dict]] = {"posttrain": [], "trl": []}
+    with tempfile.TemporaryDirectory(prefix="bench_grpo_") as tmp:
+        tmp = Path(tmp)
+        model_dir = init_tiny_model(tmp / "model", seed=0)
+        rows = load_rows(args.prompts)
+        prompts_file = tmp / "prompts.jsonl"
+        prompts_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for rnd in range(args.rounds):
+            order = ("posttrain", "trl") if rnd % 2 == 0 else ("trl", "posttrain")
+            for name in order:
+                work = tmp / f"{name}{rnd}"
+                r = (run_posttrain(model_dir, prompts_file, args, work) if name == "posttrain"
+                     else run_trl(model_dir, rows, args, work))
+                results[name]["seconds"] += r["seconds"]
+                results[name]["tokens"] += r["tokens"]
+                parts[name].append(r["parts"])
+                print(f"round {rnd + 1} {name:9s}: {statistics.median(r['seconds']):.3f} s/step, "
+                      f"{statistics.median(r['tokens']):.0f} generated tokens/step  (load {load()})", flush=True)
+        split = posttrain_update_split(model_dir, prompts_file, args, tmp / "split", steps=args.steps)
+    print(f"load average at end: {load()}\n")
+    summary = {}
+    for name, r in results.items():
+        s, tok = statistics.median(r["seconds"]), statistics.median(r["tokens"])
+        summary[name] = {"s_per_step": s, "steps_per_s": 1 / s, "generated_tokens_per_step": tok,
+                         "generated_tokens_per_s": tok / s}
+    ratio = summary["trl"]["s_per_step"] / summary["posttrain"]["s_per_step"]
+    print(f"{args.prompts} prompts x {args.n} samples x {args.max_new_tokens} new tokens, beta {args.beta}, "
+          f"{args.threads} threads; medians of {args.steps} steps x {args.rounds} rounds")
+    print(f"{'':10s} {'s/step':>8s} {'steps/s':>8s} {'gen tok/s':>10s}")
+    for name, v in summary.items():
+        print(f"{name:10s} {v['s_per_step']:8.3f} {v['steps_per_s']:8.2f} {v['generated_tokens_per_s']:10.0f}")
+    print(f"posttrain step rate = {ratio:.2f}x TRL's")
+    pt = {k.removeprefix("time/"): statistics.median(d[k] for d in parts["posttrain"]) for k in parts["posttrain"][0]}
+    trl_gen = statistics.median(d["generate_s"] for d in parts["trl"])
+    other = pt["produce_s"] - pt["generate_s"] - pt["score_wait_s"] - pt["reference_s"]
+    print("\nwhere a posttrain step goes (medians, s):")
+    for k in ("generate_s", "score_wait_s", "reference_s"):
+        print(f"  {k:22s} {pt[k]:.4f}")
+    print(f"  {'other produce':22s} {other:.4f}  (prompts, scoring submit, rewards, advantages, samples)")
+    print(f"  {'update_s':22s} {pt['update_s']:.4f}  of which, instrumented: collate {split['collate_s']:.4f}, "
+          f"forward (log-probs + entropy) {split['forward_s']:.4f}, backward {split['backward_s']:.4f}, "
+          f"optimizer {split['optimizer_s']:.4f}")
+    print(f"TRL generation (its _generate_single_turn): {trl_gen:.4f} s/step")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "ratio": ratio,
+                                               "posttrain_parts": pt, "posttrain_update_split": split,
+                                               "trl_generate_s": trl_gen}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

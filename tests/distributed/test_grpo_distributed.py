@@ -1,0 +1,152 @@
+"""GRPO on two CPU processes (gloo) trains like one process on the same fixed rollout batch:
+the same policy loss and gradient norm at every step (to 1e-4) and the same final weights,
+under DDP (``recipes/accelerate/ddp.yaml``), FSDP2 (torch's ``fully_shard``,
+``recipes/accelerate/fsdp2.yaml``) and DeepSpeed ZeRO-3 (run when DeepSpeed is installed).
+
+Each process samples for its own share of the step's prompts, whole groups only (4 prompts
+x 4 samples: 2 prompts, 8 samples per process), the loss's ``token_mean`` spans the whole
+step across processes, and after every update the rollout engine of EVERY process receives
+the full weights (gathered from the shards under FSDP2): the last weights each engine got
+are the saved model's. The rollout engine returns fixed responses (``grpo_driver.py``),
+because two processes cannot reproduce one process's random draws."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dist_launch import ROOT, launch
+
+DRIVER = ROOT / "tests/distributed/grpo_driver.py"
+STEPS = 3
+LR = 1e-3  # grpo_driver's learning rate
+
+
+def _prompts(folder):
+    rows = (ROOT / "data/tiny/rlvr_train.jsonl").read_text().splitlines()[:12]
+    path = folder / "prompts.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _rows(out):
+    rows = [json.loads(x) for x in (out / "rlvr/metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "policy/loss" in r]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, small_model_dir):
+    tmp = tmp_path_factory.mktemp("grpo-one")
+    launch(None, 1, [DRIVER, tmp / "out", small_model_dir, _prompts(tmp), STEPS], tmp / "cache", module=False)
+    return tmp / "out"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp2.yaml", "deepspeed_zero3.yaml"])
+def test_grpo_on_two_processes_matches_one_process(tmp_path, small_model_dir, one_process, config):
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    two = tmp_path / "out"
+    launch(config, 2, [DRIVER, two, small_model_dir, _prompts(tmp_path), STEPS], tmp_path / "cache", module=False)
+
+    a, b = _rows(one_process), _rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b):
+        # the same 16 samples and rewards per step: 2 right and 2 wrong of 4 per prompt,
+        # a right one scoring the default reward_multiplier 10
+        assert x["reward/mean"] == y["reward/mean"] == pytest.approx(5.0)
+        assert x["policy/loss"] == pytest.approx(y["policy/loss"], rel=1e-4, abs=1e-6)
+        assert x["policy/grad_norm"] == pytest.approx(y["policy/grad_norm"], rel=1e-4)
+
+    w1, w2 = (load_file(out / "rlvr/model/model.safetensors") for out in (one_process, two))
+    base = load_file(small_model_dir / "model.safetensors")
+    assert w1.keys() == w2.keys() == base.keys()  # one normal save_pretrained folder, bare names
+    assert all(v.dtype == torch.float32 for v in w2.values())
+    assert max(float((w1[k] - base[k]).abs().max()) for k in w1) > LR  # it trained
+    # fp32 sums in another order on two processes; Adam moves a weight by ~lr per step, so
+    # a near-zero gradient component can land a fraction of a step apart
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < LR / 10
+
+    for rank in range(2):  # every process's engine got the full, final weights
+        synced = load_file(two / f"synced_{rank}.safetensors")
+        assert synced.keys() == w2.keys()
+        for k in w2:
+            torch.testing.assert_close(synced[k].float(), w2[k], rtol=0, atol=0)
+
+
+RLVR = """
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {base}}}
+stages:
+  rlvr:
+    train_data: [{{path: {prompts}}}]
+    max_steps: 2
+    prompts_per_step: 4
+    samples_per_prompt: 4
+    max_new_tokens: 48
+    max_length: 64
+    non_stop_penalty: -1.0
+    num_iterations: 2
+    per_device_batch_size: 4
+    verifier_workers: 1
+    learning_rate: 1.0e-4
+    logging_steps: 1
+"""
+RUNNER_NOT_WIRED = pytest.mark.xfail(
+    strict=True, reason="the rlvr runner's hf engine samples from the trained model object, which FSDP2/ZeRO-3 "
+                        "shard: it needs an engine of its own fed by FullWeightSync, and old log-probs from "
+                        "models['policy'] (as grpo_driver.py does)")
+
+
+def _stage_run(tmp_path, config):
+    base = ROOT / "posttrain/models/tiny_base"
+    recipe = tmp_path / "rlvr.yaml"
+    recipe.write_text(RLVR.format(out=tmp_path / "run", base=base, prompts=_prompts(tmp_path)))
+    launch(config, 2, ["run", recipe], tmp_path / "cache")
+    return tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def ddp_stage_run(tmp_path_factory):
+    return _stage_run(tmp_path_factory.mktemp("rlvr-ddp"), "ddp.yaml")
+
+
+@pytest.mark.timeout(600)
+def test_rlvr_stage_trains_on_two_ddp_processes(ddp_stage_run):
+    """The ``rlvr`` stage itself (``posttrain run``, hf engine, two optimizer passes per
+    step) under DDP: it trains and saves one model. Each process samples its own prompts
+    with its own seed, so this is not compared with one process (the test above does that
+    on fixed rollouts)."""
+    rows = _rows(ddp_stage_run)
+    assert [r["step"] for r in rows] == [1, 2]
+    # right, wrong and unfinished (-1) answers of the tiny base: advantages are not all zero
+    assert max(r["reward/std"] for r in rows) > 0
+    base = ROOT / "posttrain/models/tiny_base"
+    trained, before = (load_file(d / "model.safetensors") for d in (ddp_stage_run / "rlvr/model", base))
+    assert trained.keys() == before.keys()
+    assert any(not torch.equal(trained[k], before[k].to(trained[k].dtype)) for k in trained)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("config", [
+    pytest.param("fsdp2.yaml", marks=RUNNER_NOT_WIRED),
+    # Until then ZeRO-3 does not fail but hangs (the processes' generations gather
+    # partitioned weights a different number of times): skipped, not xfailed.
+    pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skip(reason="rlvr runner not wired for ZeRO-3 yet")),
+])
+def test_rlvr_stage_sharded_matches_ddp(tmp_path, ddp_stage_run, config):
+    """The same stage sharded: the same prompts per process and sampling seeds, and the
+    engine given the same full weights after each update, so the same losses and gradient
+    norms per step as DDP."""
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    a, b = _rows(ddp_stage_run), _rows(_stage_run(tmp_path, config))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
+    for x, y in zip(a, b):
+        assert x["reward/mean"] == y["reward/mean"]
+        assert x["policy/loss"] == pytest.approx(y["policy/loss"], rel=1e-4, abs=1e-6)
+        assert x["policy/grad_norm"] == pytest.approx(y["policy/grad_norm"], rel=1e-4)
