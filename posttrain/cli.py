@@ -6,15 +6,19 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 
 def _cmd_run(args) -> int:
     from pathlib import Path
 
+    from posttrain.errors import disk_full_error
     from posttrain.pipeline import plan_run, run_recipe
     from posttrain.recipe import load_recipe
+    from posttrain.recipe.validate_inputs import check_inputs
 
     recipe = load_recipe(args.recipe, args.set)  # validates everything before a model loads
+    check_inputs(recipe)  # the model folder and every local data file, row by row
     if args.dry_run:
         # The plan also checks finished stages in the run directory against the recipe.
         steps = plan_run(recipe, Path(recipe.output_dir), args.force_stage)
@@ -22,7 +26,10 @@ def _cmd_run(args) -> int:
         print(f"recipe OK: stages {', '.join(names)} -> {recipe.output_dir}")
         print("plan: " + ", ".join(f"{s.name} {s.action}{' (forced)' if s.forced else ''}" for s in steps))
         return 0
-    run_dir = run_recipe(recipe, force_stage=args.force_stage)
+    try:
+        run_dir = run_recipe(recipe, force_stage=args.force_stage)
+    except Exception as e:  # noqa: BLE001 (re-raised unless a full disk explains it)
+        raise disk_full_error(recipe.output_dir, e) or e
     print(f"done: {run_dir}")
     return 0
 
@@ -45,6 +52,8 @@ def _cmd_schema(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, print the full traceback (by default: one line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a recipe YAML end to end")
@@ -90,11 +99,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PosttrainError as e:
-        print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
+        # Bad input: the message says what and where; a traceback would only bury it.
+        _close_progress_bars()
+        if args.debug:
+            traceback.print_exc()
+        print(f"posttrain {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"posttrain {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, or a failure outside our checks (a library, the OS)
+        _close_progress_bars()
+        if args.debug:
+            traceback.print_exc()
+            return 1
+        print(f"posttrain {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _close_progress_bars() -> None:
+    """A tqdm bar the exception left open would redraw itself after the error line when the
+    interpreter exits; closed now, it ends its own line first."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 (cosmetic: never hide the real error)
+        pass
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line (some libraries' messages span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

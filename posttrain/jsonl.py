@@ -13,15 +13,20 @@ from posttrain.errors import DataError
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     """The objects of a JSONL file, blank lines skipped. A file that cannot be read, a line
-    that is not a JSON object, or a row without a ``required`` field is a ``DataError``
-    naming the file and line."""
+    that is not UTF-8 or not a JSON object, or a row without a ``required`` field is a
+    ``DataError`` naming the file and line."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded line by line, so a bad byte is reported with its line
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     rows = []
     with f:
-        for n, line in enumerate(f, 1):
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                                f"{e.start}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
