@@ -96,10 +96,6 @@ stages:
     learning_rate: 1.0e-4
     logging_steps: 1
 """
-RUNNER_NOT_WIRED = pytest.mark.xfail(
-    strict=True, reason="the rlvr runner's hf engine samples from the trained model object, which FSDP2/ZeRO-3 "
-                        "shard: it needs an engine of its own fed by FullWeightSync, and old log-probs from "
-                        "models['policy'] (as grpo_driver.py does)")
 
 
 def _stage_run(tmp_path, config):
@@ -133,10 +129,8 @@ def test_rlvr_stage_trains_on_two_ddp_processes(ddp_stage_run):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("config", [
-    pytest.param("fsdp2.yaml", marks=RUNNER_NOT_WIRED),
-    # Until then ZeRO-3 does not fail but hangs (the processes' generations gather
-    # partitioned weights a different number of times): skipped, not xfailed.
-    pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.skip(reason="rlvr runner not wired for ZeRO-3 yet")),
+    "fsdp2.yaml",
+    "deepspeed_zero3.yaml",
 ])
 def test_rlvr_stage_sharded_matches_ddp(tmp_path, ddp_stage_run, config):
     """The same stage sharded: the same prompts per process and sampling seeds, and the

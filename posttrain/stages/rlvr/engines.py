@@ -1,18 +1,21 @@
 """The stage's rollout engine and how it follows the policy.
 
 - ``hf``: samples from the trainer's own model object (``make_engine("hf", model=...)``),
-  so the engine always holds the current weights and a sync costs nothing.
+  so the engine always holds the current weights and a sync costs nothing; under
+  FSDP2/ZeRO-3 it holds a copy of its own, refreshed after each step.
 - ``vllm``: vLLM in its own process, started from the stage's input folder; after the
   last update of every step (before the next rollout) and after a resume, the policy's
   full weights (LoRA merged) are pushed to it (``posttrain.rollout``: ``/dev/shm``
   safetensors + ``reload_weights`` on CPU, CUDA IPC on a GPU). vLLM's engine process
   must start under an ``if __name__ == "__main__":`` entry point (``posttrain`` is one).
+
+The sync itself is ``posttrain.training.weight_sync.FullWeightSync`` (gathers sharded
+weights first).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from posttrain.errors import PosttrainError
 
@@ -67,35 +70,14 @@ def start_vllm(cfg, ctx, tokenizer, max_prompt_tokens: int):
                        enable_sleep_mode=cfg.vllm.sleep_between_rollouts, kv_cache_gib=cfg.vllm.kv_cache_gb)
 
 
-def hf_engine(cfg, tokenizer, model):
+def hf_engine(cfg, tokenizer, model, *, own_copy=None):
+    """The ``hf`` engine on the trained model object itself; with ``own_copy`` (the stage
+    context), on its own copy of the stage's input model instead, which the weight sync
+    refreshes (sharded training: no process holds the whole trained model)."""
     from posttrain.rollout import make_engine
+    from posttrain.training import get_accelerator
 
+    if own_copy is not None:
+        return make_engine("hf", own_copy.input_model, tokenizer, dtype=own_copy.recipe.model.dtype,
+                           device=str(get_accelerator().device), batch_size=cfg.generation_batch_size)
     return make_engine("hf", None, tokenizer, model=model, batch_size=cfg.generation_batch_size)
-
-
-class WeightSync:
-    """Pushes the policy's weights to the engine: ``after_update`` (after the step's last
-    update) and ``after_resume`` hooks for ``OnlineTrainer``. ``seconds`` and ``syncs``
-    add up the time spent."""
-
-    def __init__(self, engine, policy_model):
-        self.engine, self.model = engine, policy_model
-        self.seconds, self.syncs = 0.0, 0
-
-    def sync(self) -> None:
-        from posttrain.rollout import policy_weights
-
-        if getattr(self.engine, "shares_weights", False):
-            return  # the engine samples from the trained model object itself
-        t = time.perf_counter()
-        self.engine.wake()
-        self.engine.update_weights(policy_weights(self.model))
-        self.seconds += time.perf_counter() - t
-        self.syncs += 1
-
-    def after_update(self, event) -> None:
-        if event.last_in_batch:
-            self.sync()
-
-    def after_resume(self, step: int) -> None:
-        self.sync()

@@ -69,7 +69,8 @@ def logprob_fns(cfg: RLVRConfig, policy, *, need_old: bool):
                 return sample_logprobs(models["reference"], prompts, responses, **kw)
     if need_old:
         def old(models, prompts, responses):
-            return sample_logprobs(policy.model, prompts, responses, **kw)
+            # the prepared model: under FSDP2/ZeRO-3 only its forward gathers the shards
+            return sample_logprobs(models["policy"], prompts, responses, **kw)
     return reference, old
 
 
@@ -115,10 +116,12 @@ def build_run(ctx) -> RLVRRun:
     from posttrain.policy import prepare_tokenizer
     from posttrain.stages.rlvr.algorithm import get_algorithm
     from posttrain.stages.rlvr.batch import collate_samples
-    from posttrain.stages.rlvr.engines import WeightSync, check_engine_setup, hf_engine, prompt_limit, start_vllm
+    from posttrain.stages.rlvr.engines import check_engine_setup, hf_engine, prompt_limit, start_vllm
     from posttrain.stages.rlvr.evaluation import InLoopEval
     from posttrain.stages.rlvr.source import RolloutSource
     from posttrain.training import OnlineTrainer, get_accelerator
+    from posttrain.training.sharding import is_sharded
+    from posttrain.training.weight_sync import FullWeightSync
     from posttrain.verifiers.scoring import Scorer
 
     cfg: RLVRConfig = ctx.config
@@ -148,7 +151,9 @@ def build_run(ctx) -> RLVRRun:
         if cfg.beta > 0 and not policy.is_lora:
             frozen["reference"] = ctx.load_policy(trainable=False).model
         if engine is None:
-            engine = hf_engine(cfg, tokenizer, policy.model)
+            # Sharded (FSDP2/ZeRO-3), each process holds a shard of the trained model: the
+            # engine needs a whole copy of its own, refreshed by the sync after each update.
+            engine = hf_engine(cfg, tokenizer, policy.model, own_copy=ctx if is_sharded(acc) else None)
         gather = None
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -162,7 +167,7 @@ def build_run(ctx) -> RLVRRun:
         source = RolloutSource(cfg, prompts, engine, scorer, algorithm, seed=ctx.seed, stop_token_ids=stop,
                                reference=reference, old_logprobs=old, verifier_names=sorted(verifier_names),
                                rank=acc.process_index, world=acc.num_processes)
-        sync = WeightSync(engine, policy.model)
+        sync = FullWeightSync(engine, "policy", every_process=True)
         evaluate = None
         if eval_prompts:
             evaluate = InLoopEval(eval_prompts, engine, scorer,
@@ -179,6 +184,7 @@ def build_run(ctx) -> RLVRRun:
             # samples together lets them share their prompt's forward (batch.py).
             shuffle=cfg.num_minibatches > 1, after_update=sync.after_update,
             after_resume=sync.after_resume, evaluate=evaluate)
+        sync.bind(trainer.engine)
     except BaseException:
         RLVRRun(None, None, engine, scorer, None, None, None).close()
         raise
