@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -171,6 +172,11 @@ def get_accelerator(mixed_precision: str | None = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if not torch.cuda.is_available():
+        # With DeepSpeed installed, accelerate imports it on every save_pretrained; its
+        # accelerator probe then prints a warning to stdout (where `posttrain run` prints
+        # its summary) unless told the accelerator up front.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     current = AcceleratorState._shared_state.get("_mixed_precision")
     wanted = (current or "no") if mixed_precision is None else resolve_mixed_precision(mixed_precision)
     if current is not None and current != wanted:

@@ -106,7 +106,12 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(workdi
     reference = workdir / "uninterrupted"
     assert run(workdir, reference).returncode == 0
 
-    disk = tmpfs("400m")
+    # 600 MiB, 200 of them taken by a ballast file while the run trains (so that filling
+    # the rest is quick), freed before the resume, whose start-of-run space check wants
+    # about 350 MiB.
+    disk = tmpfs("600m")
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * (200 * 2**20))
     out = disk / "run"
     env = {**os.environ, "POSTTRAIN_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command(workdir, out), cwd=workdir, env=env, stdout=subprocess.PIPE,
@@ -139,6 +144,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(workdi
     assert 2 <= step < 12 and not (out / "sft" / "model").exists()
 
     filler.unlink()
+    ballast.unlink()
     r = run(workdir, out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming at step {step}" in r.stderr
