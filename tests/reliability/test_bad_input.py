@@ -154,11 +154,14 @@ SECTIONS = {
 @pytest.mark.parametrize("section,content,message", [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
 def test_bad_data(workdir, section, content, message):
     (workdir / "bad.jsonl").write_bytes(content)
-    if message is None:  # the list of known verifiers is the registry's
-        from posttrain.verifiers.registry import available_verifiers
-
+    if message is None:
+        # The list of known verifiers is the registry's, as a fresh process sees it (tests
+        # that ran before in this one may have registered their own).
+        known = subprocess.run([sys.executable, "-c", "from posttrain.verifiers.registry import available_verifiers; "
+                                "print(', '.join(available_verifiers()))"],
+                               capture_output=True, text=True, check=True).stdout.strip()
         message = (f"stages.rlvr.train_data.0: bad.jsonl: line 2: dataset: unknown verifier 'gsm9k'; known: "
-                   f"{', '.join(available_verifiers())} (or a 'module:object' path)")
+                   f"{known} (or a 'module:object' path)")
     args = ["run", "recipe.yaml"] + [a for o in SECTIONS[section] for a in ("--set", o)]
     assert_bad_input(posttrain(workdir, *args), workdir, message)
 
