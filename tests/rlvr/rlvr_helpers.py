@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 # Scores a response by its decoded length: random tiny models write responses of many
@@ -70,3 +71,51 @@ def metrics(path: Path) -> list[dict]:
 def step_rows(path: Path) -> list[dict]:
     """The per-step training rows of a stage's metrics.jsonl."""
     return [r for r in metrics(path) if "policy/loss" in r]
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def same_optimizer(a: dict, b: dict) -> bool:
+    """Two optimizer ``state_dict``s hold bitwise the same state."""
+    return a["state"].keys() == b["state"].keys() and all(
+        torch.equal(s[n], b["state"][k][n]) for k, s in a["state"].items() for n in s)
+
+
+def kill_and_resume(workdir: Path, make_recipe, steps: int, kill_after: int = 2) -> tuple[Path, Path, int]:
+    """Run ``make_recipe(name)``'s recipe twice side by side, as ``straight`` and
+    ``killed``; SIGKILL ``killed`` once checkpoint ``step<kill_after>`` is finished (renamed
+    from ``.tmp``), check it had not finished, run it again to resume, and wait for both.
+    Returns both runs' stage folders and the last checkpoint step the killed run had
+    written before it was killed."""
+    import signal
+    import time
+
+    from posttrain.training.checkpoint import list_checkpoints
+
+    def start(recipe, log):
+        return subprocess.Popen(posttrain_cmd() + ["run", str(recipe)], stdout=log, stderr=subprocess.STDOUT,
+                                env=env(workdir), cwd=workdir)
+
+    straight, killed = make_recipe("straight"), make_recipe("killed")
+    ckpts = workdir / "killed" / "rlvr" / "checkpoints"
+    logs = {name: workdir / f"{name}.log" for name in ("straight", "killed", "resumed")}
+    with open(logs["straight"], "w") as a, open(logs["killed"], "w") as b:
+        proc_straight = start(straight, a)
+        proc = start(killed, b)
+        deadline = time.time() + 600
+        while not any(p.name.startswith(f"step{kill_after}-") for p in list_checkpoints(ckpts)):
+            assert proc.poll() is None, logs["killed"].read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = max(int(p.name.split("-")[0][4:]) for p in list_checkpoints(ckpts))
+    assert done < steps, "the run finished before it was killed"
+    with open(logs["resumed"], "w") as c:
+        resumed = start(killed, c)
+        assert resumed.wait(timeout=600) == 0, logs["resumed"].read_text()[-3000:]
+    assert proc_straight.wait(timeout=600) == 0, logs["straight"].read_text()[-3000:]
+    assert "resuming at step" in logs["resumed"].read_text()
+    return workdir / "straight" / "rlvr", workdir / "killed" / "rlvr", done

@@ -51,12 +51,13 @@ def response_logprobs_2d(model, batch: dict, temperature: float, entropy: bool =
 
 
 @torch.no_grad()
-def sample_logprobs(model, prompts, responses, pad_id: int, *, temperature: float, batch_size: int,
-                    share: str = "auto", dims: tuple[int, int] | None = None) -> list[torch.Tensor]:
-    """No-grad log-probs of each response given its prompt (reference and old
-    log-probs), one ``(L,)`` CPU tensor per sample, in the layout of the training
-    forward (``batch.sequence_batch``; prompts shared where that is cheaper). The model
-    is put in eval mode for the call and restored after."""
+def per_sample_outputs(model, prompts, responses, pad_id: int, forward, *, batch_size: int, share: str = "auto",
+                       dims: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """No-grad per-token outputs of each response given its prompt, one ``(L,)`` CPU
+    float32 tensor per sample: ``forward(model, batch)`` maps one batch of the training
+    forward's layout (``batch.sequence_batch``, on the model's device; prompts shared
+    where that is cheaper) to the flat ``(N,)`` values at its response positions. The
+    model is put in eval mode for the call and restored after."""
     from posttrain.stages.rlvr.batch import sequence_batch
 
     device = next(model.parameters()).device
@@ -67,13 +68,24 @@ def sample_logprobs(model, prompts, responses, pad_id: int, *, temperature: floa
         for start in range(0, len(prompts), batch_size):
             b = sequence_batch(prompts[start : start + batch_size], responses[start : start + batch_size], pad_id,
                                share=share, dims=dims)
-            lp = logprobs_at(model, b["input_ids"].to(device), b["positions"].to(device), b["targets"].to(device),
-                             attention_mask=b["attention_mask"].to(device),
-                             position_ids=b["position_ids"].to(device), temperature=temperature).logprobs
-            out.extend(lp.float().cpu().split(b["lengths"].tolist()))
+            lengths = b.pop("lengths").tolist()
+            flat = forward(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+            out.extend(flat.float().cpu().split(lengths))
     finally:
         model.train(was_training)
     return out
+
+
+def sample_logprobs(model, prompts, responses, pad_id: int, *, temperature: float, batch_size: int,
+                    share: str = "auto", dims: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """No-grad log-probs of each response given its prompt (reference and old
+    log-probs), one ``(L,)`` CPU tensor per sample (``per_sample_outputs``)."""
+    def forward(m, b):
+        return logprobs_at(m, b["input_ids"], b["positions"], b["targets"], attention_mask=b["attention_mask"],
+                           position_ids=b["position_ids"], temperature=temperature).logprobs
+
+    return per_sample_outputs(model, prompts, responses, pad_id, forward, batch_size=batch_size, share=share,
+                              dims=dims)
 
 
 def count_items(aggregation: str):

@@ -32,32 +32,23 @@ from posttrain.errors import PosttrainError
 from posttrain.losses.policy import aggregate
 from posttrain.losses.value import clipped_value_loss
 from posttrain.stages.rlvr.algorithm import register_algorithm
-from posttrain.stages.rlvr.batch import pad_tokens, sequence_batch
-from posttrain.stages.rlvr.loss import count_items, make_policy_loss, sample_logprobs
+from posttrain.stages.rlvr.batch import pad_tokens
+from posttrain.stages.rlvr.loss import count_items, make_policy_loss, per_sample_outputs, sample_logprobs
 from posttrain.stages.rlvr.ppo_targets import ppo_targets
 from posttrain.stages.rlvr.rollouts import ScoredRollouts
 from posttrain.training import LossOutput
 
 
-@torch.no_grad()
 def sample_values(model, prompts, responses, pad_id: int, *, batch_size: int, share: str = "auto",
                   dims: tuple[int, int] | None = None) -> list[torch.Tensor]:
     """The value model's ``(L,)`` values of each response's tokens (CPU float32), in the
-    training forward's layout (``batch.sequence_batch``)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[torch.Tensor] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            b = sequence_batch(prompts[start : start + batch_size], responses[start : start + batch_size], pad_id,
-                               share=share, dims=dims)
-            v = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                      position_ids=b["position_ids"].to(device), positions=b["positions"].to(device))
-            out.extend(v.float().cpu().split(b["lengths"].tolist()))
-    finally:
-        model.train(was_training)
-    return out
+    training forward's layout (``loss.per_sample_outputs``)."""
+    def forward(m, b):
+        return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
+                 positions=b["positions"])
+
+    return per_sample_outputs(model, prompts, responses, pad_id, forward, batch_size=batch_size, share=share,
+                              dims=dims)
 
 
 def make_value_loss(cfg):
