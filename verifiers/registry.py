@@ -188,6 +188,24 @@ def get_verifier(name_or_path: str) -> Verifier:
     raise _unknown(name_or_path)
 
 
+def check_ground_truth(name: str, value: Any) -> str | None:
+    """Why verifier ``name`` cannot read ``value`` as a ground truth (one line), or None when
+    it can, or when the verifier has no check. A verifier whose ground truth has a format
+    declares its check as an attribute of its function, ``fn.check_ground_truth = check``
+    with ``check(value) -> str | None``, so data can be checked before any model loads
+    rather than scoring 0 on every row in training. A check that raises counts as a
+    problem (its message the reason). Raises :class:`UnknownVerifierError` for an unknown
+    name, as :func:`get_verifier`."""
+    check = getattr(get_verifier(name), "check_ground_truth", None)
+    if check is None:
+        return None
+    try:
+        problem = check(value)
+    except Exception as e:  # noqa: BLE001 (whatever the parser raises is the reason)
+        return str(e) or type(e).__name__
+    return None if problem is None else str(problem)
+
+
 def normalize_result(out: Any) -> VerifierResult:
     """Turn a verifier's return value into a VerifierResult; raise ValueError if it is not one."""
     reason = None

@@ -6,12 +6,14 @@ With several verifiers on a row its score is their weighted mean (weights defaul
 then times ``multiplier``.
 
 Each (row, verifier) pair is one *call*. Calls are sent to worker processes in batches
-(no process per row). A worker reports each call's result as soon as it has it, so the
-parent knows which call a worker is on. A call that raises scores 0 with the exception as
-its reason; a call that runs past ``timeout`` seconds gets its worker killed, and a call
-during which the worker dies (``os._exit``, a segfault, the OOM killer) scores 0 too. In
-both cases the rest of that worker's batch goes back to the queue and a new worker is
-forked: the run goes on. ``ScoreResults`` counts errors, timeouts and crashes.
+(no process per row). A call that raises scores 0 with the exception as its reason; a
+call that runs past ``timeout`` seconds gets its worker killed, and a call during which
+the worker dies (``os._exit``, a segfault, the OOM killer) scores 0 too. In both cases
+the rest of that worker's batch goes back to the queue and a new worker takes its place:
+the run goes on. A call still running after ``spare_after`` seconds has its worker set
+aside and a spare put in its place, so a hang holds up its own row and no other; a worker
+whose memory grew past ``worker_memory_mb`` is replaced (``pool.py``). ``ScoreResults``
+counts errors, timeouts and crashes.
 
 Workers are forked (where the platform allows) so verifiers registered at run time with
 ``register_verifier`` are available in them, and ``math_verify`` is imported once, before
@@ -33,24 +35,24 @@ as many workers.
 """
 from __future__ import annotations
 
-import faulthandler
 import math
 import multiprocessing as mp
 import os
-import signal
-import sys
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.connection import wait as mp_wait
 from typing import Any, Iterable, Sequence
 
-from .registry import VerifierResult, call_verifier, get_verifier
+from .pool import WorkerPool
+from .registry import VerifierResult, get_verifier
+from .worker import CRASH, ERROR, TIMEOUT, Worker, run_call
 
 DEFAULT_TIMEOUT = 30.0
+# A call running this long (at most a tenth of the timeout) gets its worker set aside
+# and a spare put in its place (pool.py).
+DEFAULT_SPARE_AFTER = 1.0
+# A worker whose resident memory grew by this much since it started is replaced.
+DEFAULT_WORKER_MEMORY_MB = 2048.0
 _MAX_BATCH = 32
-
-OK, ERROR, TIMEOUT, CRASH = 0, 1, 2, 3
 
 
 def default_workers(cpus: int | None = None, local_world_size: int | None = None) -> int:
@@ -126,71 +128,6 @@ def row_calls(i: int, row: Any) -> list[tuple[str, Any]]:
     return list(zip(dataset, gt))
 
 
-def _run_call(cache: dict, name: str, response: str, gt: Any, prompt: str | None,
-              reasoning_format: bool = True) -> tuple[float, str | None, int]:
-    try:
-        fn = cache.get(name)
-        if fn is None:
-            fn = cache[name] = get_verifier(name)
-        res = call_verifier(fn, response, gt, prompt, reasoning_format=reasoning_format)
-        return res.score, res.reason, OK
-    except BaseException as e:  # noqa: BLE001 - a verifier may raise anything, even SystemExit
-        msg = str(e).splitlines()[0] if str(e) else ""
-        return 0.0, f"error: {type(e).__name__}: {msg}"[:500], ERROR
-
-
-def _set_pdeathsig() -> None:
-    """Die if the parent dies (Linux), so no worker outlives a killed scoring run."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _worker_main(conn) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_pdeathsig()
-    faulthandler.disable()  # a crashing verifier is reported as a crash, not a stack dump
-    cache: dict = {}
-    while True:
-        try:
-            batch = conn.recv()
-        except (EOFError, OSError):
-            break
-        if batch is None:
-            break
-        for cid, name, response, gt, prompt, reasoning_format in batch:
-            score, reason, kind = _run_call(cache, name, response, gt, prompt, reasoning_format)
-            conn.send((cid, score, reason, kind))
-    sandbox = sys.modules.get("posttrain.verifiers.code.sandbox")
-    if sandbox is not None:
-        sandbox.close_all()
-    os._exit(0)  # skip atexit handlers inherited from the parent
-
-
-class _Worker:
-    def __init__(self, ctx):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
-        self.proc.start()
-        child_conn.close()
-        self.conn = parent_conn
-        self.pending: deque = deque()
-        self.batch: list = []
-        self.last = 0.0
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except Exception:
-            pass
-        self.proc.join(5)
-        self.conn.close()
-
-
 class Scorer:
     """A pool of verifier worker processes, kept between batches.
 
@@ -200,23 +137,47 @@ class Scorer:
     while the next batch generates. ``workers=0`` runs in this process (no timeout or
     crash protection; for debugging). ``reasoning_format`` is passed to every verifier
     call (see ``call_verifier``).
+
+    ``timeout``: seconds one verifier call may run before it scores 0 (its worker is
+    killed). ``spare_after``: seconds after which a still-running call's worker is set
+    aside and a spare takes its place (the call keeps running until ``timeout``; default
+    ``min(1 s, timeout / 10)``).
+    ``max_spares``: workers that may be set aside or kept spare at once (default
+    ``max(8, 2 * workers)``). ``worker_memory_mb``: growth of a worker's resident memory after
+    which it is replaced (None: no cap).
     """
 
     def __init__(self, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, mp_context: str | None = None,
-                 *, reasoning_format: bool = True):
+                 *, reasoning_format: bool = True, spare_after: float | None = None,
+                 max_spares: int | None = None, worker_memory_mb: float | None = DEFAULT_WORKER_MEMORY_MB):
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
         if timeout is None or timeout <= 0:
             raise ValueError("timeout must be positive")
+        if spare_after is None:
+            spare_after = min(DEFAULT_SPARE_AFTER, timeout / 10)
+        if spare_after <= 0:
+            raise ValueError("spare_after must be positive")
+        if max_spares is not None and max_spares < 0:
+            raise ValueError("max_spares must be >= 0")
+        if worker_memory_mb is not None and worker_memory_mb <= 0:
+            raise ValueError("worker_memory_mb must be positive (or None: no cap)")
         self.timeout = float(timeout)
         self.reasoning_format = bool(reasoning_format)
         if mp_context is None:
             mp_context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self._ctx = mp.get_context(mp_context)
-        self._pool: list[_Worker] = []
+        self._workers = WorkerPool(
+            mp.get_context(mp_context), timeout=self.timeout, spare_after=float(spare_after),
+            max_spares=max(8, 2 * self.workers) if max_spares is None else int(max_spares),
+            memory_cap=None if worker_memory_mb is None else int(worker_memory_mb * 2**20))
         # One thread drives the pool for submitted batches, one batch at a time, in order.
         self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def _pool(self) -> list[Worker]:
+        """The active worker processes (the ones batches go to)."""
+        return self._workers.active
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "Scorer":
@@ -225,34 +186,15 @@ class Scorer:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posttrain-scorer")
         # Done on the scorer's own thread: it is the only one that touches the pool.
-        self._executor.submit(self._grow_pool, self.workers).result()
+        self._executor.submit(self._workers.grow, self.workers).result()
         return self
-
-    def _grow_pool(self, n: int) -> None:
-        for w in list(self._pool):
-            if not w.proc.is_alive():
-                self._replace(w)
-        while len(self._pool) < n:
-            self._pool.append(_Worker(self._ctx))
 
     def close(self) -> None:
         """Finish the batch being scored, drop those not started, stop the workers."""
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-        for w in self._pool:
-            try:
-                w.conn.send(None)
-            except Exception:
-                pass
-        deadline = time.monotonic() + 2.0
-        for w in self._pool:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(2)
-            w.conn.close()
-        self._pool = []
+        self._workers.close()
 
     def __enter__(self) -> "Scorer":
         return self
@@ -291,7 +233,7 @@ class Scorer:
         if self.workers == 0 or not calls:
             future: Future = Future()
             cache: dict = {}
-            out = [_run_call(cache, name, response, gt, prompt, self.reasoning_format)
+            out = [run_call(cache, name, response, gt, prompt, self.reasoning_format)
                    for _, name, response, gt, prompt in calls]
             future.set_result(self._combine(rows, calls, out, weights, multiplier))
             return future
@@ -307,86 +249,9 @@ class Scorer:
     def _run_parallel(self, calls, out) -> None:
         n_workers = max(1, min(self.workers, len(calls)))
         bs = max(1, min(_MAX_BATCH, math.ceil(len(calls) / (n_workers * 4))))
-        queue: deque = deque()
-        for start in range(0, len(calls), bs):
-            queue.append([(cid, *calls[cid][1:], self.reasoning_format)
-                          for cid in range(start, min(start + bs, len(calls)))])
-        self._grow_pool(n_workers)
-        busy: list[_Worker] = []
-        idle: list[_Worker] = list(self._pool[:n_workers])
-
-        def assign(w: _Worker, batch) -> None:
-            w.batch = batch
-            w.pending = deque(item[0] for item in batch)
-            w.last = time.monotonic()
-            w.conn.send(batch)
-            busy.append(w)
-
-        def fail_current(w: _Worker, kind: int, reason: str) -> None:
-            cid = w.pending.popleft()
-            out[cid] = (0.0, reason, kind)
-            left = set(w.pending)
-            rest = [item for item in w.batch if item[0] in left]
-            if rest:
-                queue.appendleft(rest)
-            w.pending.clear()
-
-        def drain(w: _Worker) -> bool:
-            """Read every result the worker has sent; False if its pipe is closed."""
-            try:
-                while w.conn.poll():
-                    cid, score, reason, kind = w.conn.recv()
-                    if w.pending and w.pending[0] == cid:
-                        w.pending.popleft()
-                    out[cid] = (score, reason, kind)
-                    w.last = time.monotonic()
-            except (EOFError, OSError):
-                return False
-            return True
-
-        while queue or busy:
-            while idle and queue:
-                assign(idle.pop(), queue.popleft())
-            now = time.monotonic()
-            wait_s = max(0.0, min(w.last + self.timeout for w in busy) - now) if busy else 0.0
-            ready = set(mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=wait_s + 0.01))
-            for w in list(busy):
-                alive = True
-                if w.conn in ready or w.proc.sentinel in ready:
-                    alive = drain(w) and w.proc.sentinel not in ready
-                if not alive:
-                    w.proc.join(1)
-                    drain(w)
-                    if w.pending:
-                        code = w.proc.exitcode
-                        fail_current(w, CRASH, f"crash: worker died (exit code {code}) while verifying")
-                    busy.remove(w)
-                    idle.append(self._replace(w))
-                    continue
-                if not w.pending:
-                    busy.remove(w)
-                    idle.append(w)
-                    continue
-                if time.monotonic() > w.last + self.timeout:
-                    drain(w)
-                    if w.pending:
-                        w.kill()
-                        fail_current(w, TIMEOUT, f"timeout: verifier ran past {self.timeout:g}s")
-                        busy.remove(w)
-                        idle.append(self._replace(w))
-                    else:
-                        busy.remove(w)
-                        idle.append(w)
-
-    def _replace(self, dead: _Worker) -> _Worker:
-        if dead.proc.is_alive():
-            dead.kill()
-        else:
-            dead.proc.join(1)
-            dead.conn.close()
-        new = _Worker(self._ctx)
-        self._pool[self._pool.index(dead)] = new
-        return new
+        items = [(cid, *calls[cid][1:], self.reasoning_format) for cid in range(len(calls))]
+        self._workers.grow(n_workers)
+        self._workers.run(items, out, bs)
 
     @staticmethod
     def _combine(rows, calls, out, weights, multiplier) -> ScoreResults:

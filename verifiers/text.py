@@ -103,3 +103,15 @@ def verify_up_to_max_length(response: str, ground_truth, prompt: str | None = No
     if n <= target:
         return 1.0
     return max(0.0, 1.0 - (n - target) / scale), f"{n} {unit}, limit {target:g}"
+
+
+def _length_truth_problem(ground_truth) -> str | None:
+    try:
+        _length_spec(ground_truth, 1.0)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+# Checked before a run trains (posttrain.verifiers.registry.check_ground_truth).
+verify_max_length.check_ground_truth = verify_up_to_max_length.check_ground_truth = _length_truth_problem

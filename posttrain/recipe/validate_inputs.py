@@ -3,19 +3,19 @@ local data file of every stage (and of ``eval:``), row by row.
 
 A recipe can be valid field by field and still name a file whose line 3 is not JSON or
 whose rows have no ``chosen``; the stage that reads it would only find out after the
-stages before it had trained. ``posttrain run`` calls :func:`check_inputs` right after
-loading the recipe, so such a run stops at once with one line naming the field, the file,
-the line and the problem. Rows are checked with the same functions the stages use
-(``validate_messages``, ``split_row``, ``prompt_messages``, the verifier registry), so a
-row that passes here is one the stage accepts. Token lengths are left to the stages (they
-need the tokenizer run over every row); hub datasets and ``from_stage`` data are read only
-when their stage runs.
+stages before it had trained. ``run_recipe`` (and so ``posttrain run``) calls
+:func:`check_inputs` before it plans the run, so such a run stops at once with one line
+naming the field, the file, the line and the problem. Rows are checked with the same
+functions the stages use (``validate_messages``, ``split_row``, ``prompt_messages``, the
+verifier registry and its ``check_ground_truth``), so a row that passes here is one the
+stage accepts. Token lengths are left to the stages (they need the tokenizer run over
+every row); hub datasets and ``from_stage`` data are read only when their stage runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from posttrain.errors import DataError, PosttrainError
 from posttrain.recipe.schema import DataSource, ModelConfig, Recipe
@@ -192,10 +192,10 @@ def _check_preference(rows: list[tuple[str, dict]], where: str) -> None:
 def _check_prompt(rows: list[tuple[str, dict]], where: str) -> None:
     from posttrain.data.chat import validate_messages
     from posttrain.data.prompts import prompt_messages
-    from posttrain.verifiers.registry import get_verifier
+    from posttrain.verifiers.registry import check_ground_truth, get_verifier
     from posttrain.verifiers.scoring import row_calls
 
-    known: dict[str, Any] = {}
+    known: set[str] = set()
     for at, row in rows:
         here = f"{where}: {at}"
         for key in ("dataset", "ground_truth"):
@@ -217,42 +217,17 @@ def _check_prompt(rows: list[tuple[str, dict]], where: str) -> None:
                     get_verifier(name)
                 except ValueError as e:  # UnknownVerifierError, VerifierLoadError
                     raise DataError(f"{here}: dataset: {e}") from None
-                known[name] = _TRUTH_CHECKS.get(name.lower(), lambda gt: None)
-            try:
-                known[name](truth)
-            except Exception as e:  # noqa: BLE001 (whatever the parser raises is the reason)
+                known.add(name)
+            # A verifier whose ground truth has a format checks it here; any other gets
+            # whatever the row holds (it scores 0 with a reason when it cannot use it).
+            problem = check_ground_truth(name, truth)
+            if problem is not None:
                 raise DataError(f"{here}: ground_truth {str(truth)[:60]!r} cannot be read by verifier "
-                                f"{name!r} ({e})") from None
+                                f"{name!r} ({problem})")
 
 
 _CHECKS: dict[str, Callable[[list[tuple[str, dict]], str], None]] = {
     "chat": _check_chat, "preference": _check_preference, "prompt": _check_prompt}
-
-
-def _gsm8k_truth(gt) -> None:
-    from posttrain.verifiers.gsm8k import gold_number
-
-    if gold_number(gt) is None:
-        raise ValueError("it has no number")
-
-
-def _length_truth(gt) -> None:
-    from posttrain.verifiers.text import _length_spec
-
-    _length_spec(gt, 1.0)
-
-
-def _code_truth(gt) -> None:
-    from posttrain.verifiers.code import _spec
-
-    _spec(gt)
-
-
-_TRUTH_CHECKS: dict[str, Callable[[Any], None]] = {
-    "gsm8k": _gsm8k_truth, "max_length": _length_truth, "up_to_max_length": _length_truth, "code": _code_truth}
-"""Ground-truth parsers of built-in verifiers whose ground truth has a format; a verifier
-not listed here gets whatever the row holds (it scores 0 with a reason when it cannot
-use it)."""
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -240,7 +240,9 @@ def test_a_test_that_exhausts_memory_fails_alone(sandbox):
     assert r["results"] == "1001"
 
 
-def test_definitions_run_once_across_hangs_and_crashes(sandbox):
+def test_tests_after_a_hang_or_crash_see_the_definitions_as_they_were(sandbox):
+    # The definitions run once for the tests up to the hang; the tests after it get them
+    # from a fresh run in a fresh work dir (so runs.txt holds one 'x' again, count is 0).
     code = "open('runs.txt', 'a').write('x')\ncount = 0\n"
     tests = [
         "assert open('runs.txt').read() == 'x'",

@@ -189,3 +189,116 @@ def test_reasoning_format_reaches_the_verifier_call():
     assert [r.score for r in res] == [0.0, 0.0] and res[1].reason is None
     res = score_rows(rows, workers=0, reasoning_format=False)  # the in-process path too
     assert [r.score for r in res] == [0.0, 0.0]
+
+
+# -- faults under load: hangs side by side, leaks recycled, crashes named exactly --------
+
+@register_verifier("test_sleepy")
+def sleepy(response, ground_truth, prompt=None):
+    """``sleep:S`` sleeps S seconds then passes; anything else passes at once."""
+    if response.startswith("sleep:"):
+        time.sleep(float(response[6:]))
+    return 1.0, str(os.getpid())
+
+
+def test_hangs_run_side_by_side_so_a_batch_waits_about_one_timeout():
+    # 6 hangs on 2 workers with a 3 s timeout: one worker per hang at a time would take
+    # 6 / 2 x 3 s = 9 s; with the stuck workers set aside after 0.2 s and spares in their
+    # place all six time out together, ~3.2 s after the start (generous bound: 7 s).
+    rows = [_row("hang" if i % 4 == 1 else "ok") for i in range(24)]
+    with Scorer(workers=2, timeout=3.0, spare_after=0.2).start() as s:
+        t0 = time.monotonic()
+        res = s.score(rows)
+        elapsed = time.monotonic() - t0
+        assert len(s._pool) == 2  # the pool keeps its size
+    assert elapsed < 7.0, elapsed
+    assert [r.score for r in res] == [0.0 if i % 4 == 1 else 1.0 for i in range(24)]
+    assert res.n_timeouts == 6 and res.n_failed == 6
+    assert all(res[i].reason.startswith("timeout") for i in range(1, 24, 4))
+
+
+def test_without_spares_hangs_queue_behind_each_other():
+    # The same kind of batch with max_spares=0: the two hangs on one worker's share wait
+    # for each other (2 hangs per worker x 1 s each >= 2 s), which is what spares avoid.
+    rows = [_row("hang"), _row("hang"), _row("hang"), _row("hang")]
+    with Scorer(workers=2, timeout=1.0, spare_after=0.1, max_spares=0).start() as s:
+        t0 = time.monotonic()
+        res = s.score(rows)
+        elapsed = time.monotonic() - t0
+    assert elapsed >= 2.0 and res.n_timeouts == 4
+
+
+def test_a_slow_call_that_finishes_keeps_its_score_and_its_worker_becomes_a_spare():
+    rows = [_row("sleep:1.0", ds="test_sleepy")] + [_row(str(i), ds="test_sleepy") for i in range(7)]
+    with Scorer(workers=1, timeout=10.0, spare_after=0.2).start() as s:
+        first = s._pool[0].proc.pid
+        s.score([_row("warm", ds="test_sleepy")])  # its first call of the verifier is done
+        t0 = time.monotonic()
+        res = s.score(rows)
+        elapsed = time.monotonic() - t0
+        # The slow call's worker was set aside and a spare scored the 7 rows behind it; the
+        # slow call still counts (1.0) and its worker now waits as a spare.
+        assert [r.score for r in res] == [1.0] * 8 and res.n_failed == 0
+        assert res[0].reason == str(first)
+        assert {r.reason for r in res[1:]} == {str(s._pool[0].proc.pid)} != {str(first)}
+        assert [w.proc.pid for w in s._workers.reserve] == [first]
+        # The next slow call reuses that spare instead of forking a new process.
+        res = s.score([_row("sleep:0.6", ds="test_sleepy"), _row("x", ds="test_sleepy")])
+        assert res[1].reason == str(first)
+    assert elapsed < 5.0
+
+
+def test_a_workers_first_call_of_a_verifier_is_never_set_aside():
+    # A first call may be slow for good reasons (imports, loading data); a fresh spare would
+    # only pay that again. So the slow first call keeps its worker, and the row behind it
+    # waits for it on the same worker: one pid, no spare.
+    with Scorer(workers=1, timeout=10.0, spare_after=0.1).start() as s:
+        res = s.score([_row("sleep:0.6", ds="test_sleepy"), _row("x", ds="test_sleepy")])
+        assert res[0].reason == res[1].reason == str(s._pool[0].proc.pid)
+        assert s._workers.reserve == [] and s._workers.detached == []
+        # Once warm, the same slow call is set aside and a spare scores the row behind it.
+        res = s.score([_row("sleep:0.6", ds="test_sleepy"), _row("x", ds="test_sleepy")])
+        assert res[0].reason != res[1].reason and len(s._workers.reserve) == 1
+
+
+@register_verifier("test_leaky")
+def leaky(response, ground_truth, prompt=None):
+    """Keeps 20 MB (touched, so resident) for the rest of the worker's life."""
+    _KEPT.append(b"x" * (20 << 20))
+    return 1.0, str(os.getpid())
+
+
+_KEPT: list = []
+
+
+def test_a_worker_past_its_memory_cap_is_replaced_and_its_calls_still_score():
+    rows = [_row(str(i), ds="test_leaky") for i in range(10)]
+    # Cap 50 MB, 20 MB per call: a worker retires after its third call (60 MB > 50 MB), so
+    # the 10 calls run in ceil(10 / 3) = 4 workers, every result kept.
+    with Scorer(workers=1, timeout=30, worker_memory_mb=50).start() as s:
+        res = s.score(rows)
+    pids = [r.reason for r in res]
+    assert [r.score for r in res] == [1.0] * 10 and res.n_failed == 0
+    assert [pids.count(p) for p in dict.fromkeys(pids)] == [3, 3, 3, 1]
+    # Without a cap one worker does them all.
+    with Scorer(workers=1, timeout=30, worker_memory_mb=None).start() as s:
+        assert len({r.reason for r in s.score(rows)}) == 1
+
+
+def test_a_crash_is_pinned_on_its_own_call_with_one_worker():
+    # One worker, one batch: the results before the crash may still be in the dead
+    # worker's buffer; they are scored again, and only row 2 is the crash.
+    rows = [_row("ok"), _row("no"), _row("exit"), _row("ok"), _row("raise"), _row("ok")]
+    res = score_rows(rows, workers=1, timeout=5)
+    assert [r.score for r in res] == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert res[2].reason.startswith("crash") and (res.n_crashes, res.n_errors) == (1, 1)
+    assert res[1].reason is None and res[4].reason.startswith("error")
+
+
+def test_scorer_rejects_bad_fault_settings():
+    with pytest.raises(ValueError, match="spare_after"):
+        Scorer(workers=1, spare_after=0)
+    with pytest.raises(ValueError, match="max_spares"):
+        Scorer(workers=1, max_spares=-1)
+    with pytest.raises(ValueError, match="worker_memory_mb"):
+        Scorer(workers=1, worker_memory_mb=0)

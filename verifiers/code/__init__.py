@@ -4,9 +4,10 @@ The program is the response's last fenced Python block (```python ... ``` or a b
 ``` ... ```), else the whole response. The ground truth is either
 
 * a list of test statements (usually ``assert``s), or a JSON string of one: the program's
-  top level (its definitions) runs once, then each test runs on its own, in a copy of the
-  program's namespace, within its own time limit; score = fraction of tests that pass. A
-  test that hangs, crashes its process or exhausts the memory limit fails alone;
+  top level (its definitions) runs, then the tests run in order in the program's
+  namespace, each within its own time limit; score = fraction of tests that pass. A test
+  that hangs, crashes its process or exhausts the memory limit fails alone (the tests
+  after it run on a fresh run of the definitions: ``_server.py``);
 * a string test program (stdin/stdout style checks, or asserts in one script): appended
   to the program and run as one script within one time limit; 1.0 if it exits with
   status 0, else 0;
@@ -194,3 +195,15 @@ def verify_code(response: str, ground_truth, prompt: str | None = None):
     if res["status"] == "timeout":
         return 0.0, f"timed out after {timeout:g}s"
     return 0.0, _describe(res)
+
+
+def _truth_problem(ground_truth) -> str | None:
+    try:
+        _spec(ground_truth)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+# Checked before a run trains (posttrain.verifiers.registry.check_ground_truth).
+verify_code.check_ground_truth = _truth_problem

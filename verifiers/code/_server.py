@@ -8,13 +8,17 @@ the program with ``exec`` (no interpreter start per program). The server waits f
 child with a wall-clock deadline and then kills everything the child started.
 
 Tests (a list of statements) are each timed on their own. The child runs the program's
-top level once (its definitions), reports ``D`` and then forks a tester that runs the
-tests in order in a copy of that namespace, one result byte per test. The child watches
-the tester: a test that runs past the per-test limit is killed and reported as ``T``, a
-tester that dies (a crash, ``os._exit``, the memory limit) reports its test as ``X``,
-and a new tester forked from the same definitions goes on with the next test. So a
-hanging or crashing test costs only itself, and the definitions run once. The server's
-own deadline is the per-test limit until ``D`` and the total cap after it.
+top level once (its definitions), reports ``D``, then runs the tests in order in the same
+process, one result byte per test; the server gives each test the per-test limit from the
+previous byte. So the common case costs one fork per program, as a single time budget
+did. A test that runs past its limit is killed with everything the child started and
+reported as ``T``; one that kills the child (a crash, ``os._exit``, the memory limit) as
+``X``. The tests after it then run in a second child that runs the definitions again and
+forks a tester for them, which it watches the same way (a test that hangs is killed and
+a new tester forked from the same definitions goes on with the next test). So a hanging
+or crashing test costs only itself; the definitions run once, twice in a program with
+such a test. The server's own deadline is the per-test limit until ``D`` and the total
+cap over everything.
 """
 import gc
 import json
@@ -75,7 +79,7 @@ def _unshare_net():
         pass
 
 
-def _child(cfg, req, workdir, wfd):
+def _child(cfg, req, workdir, wfd, isolate_from=None):
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -113,7 +117,11 @@ def _child(cfg, req, workdir, wfd):
         except BaseException:
             _exit(3)
         _write(wfd, DEFINED)
-        _run_tests(g, [str(t) for t in tests], float(req["timeout"]), wfd)
+        tests = [str(t) for t in tests]
+        if isolate_from is None:
+            _run_tests_inline(g, tests, wfd)
+        else:
+            _run_tests(g, tests[isolate_from:], float(req["timeout"]), wfd)
         _exit(0)
     g = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
@@ -124,6 +132,20 @@ def _child(cfg, req, workdir, wfd):
     except BaseException:
         os._exit(1)
     os._exit(0)
+
+
+def _run_tests_inline(g, tests, wfd):
+    """Each test in this process, one result byte each as soon as it is known. The server
+    times every test from the previous byte: one that hangs is killed there, one that
+    crashes this process ends it; either way the server goes on with the tests after it
+    in forked testers (``run``)."""
+    for t in tests:
+        try:
+            _exec(_compile(t, "<test>", "exec"), g)
+            ok = b"1"
+        except BaseException:
+            ok = b"0"
+        _write(wfd, ok)
 
 
 def _tester(g, tests, out):
@@ -322,31 +344,28 @@ def _kill_all(cfg, pid):
     _reap()
 
 
-def run(cfg, req):
+def _attempt(cfg, req, t0, deadline_of, isolate_from=None):
+    """Fork a child for ``req`` and wait for it: ``(wait status or None on timeout, bytes
+    it wrote)``. ``deadline_of(buf)`` is the deadline given what it has written so far."""
     workdir = tempfile.mkdtemp(prefix="run-", dir=cfg["workroot"])
     if cfg["uid"] >= 0:
         os.chown(workdir, cfg["uid"], cfg["gid"])
     rfd, wfd = os.pipe()
-    t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(rfd)
-            _child(cfg, req, workdir, wfd)
+            _child(cfg, req, workdir, wfd, isolate_from)
         finally:
             os._exit(4)
     os.close(wfd)
-    tests = "tests" in req
-    timeout = float(req.get("timeout", 5.0))
-    total = float(req.get("total_timeout", timeout)) if tests else timeout
     buf = bytearray()
 
     def collect(data):
         buf.extend(data[: RESULT_CAP - len(buf)])
-        # The top level gets the per-test limit; once it is done, the total cap applies.
-        return t0 + (total if buf[:1] == DEFINED else min(timeout, total))
+        return deadline_of(buf)
 
-    status = _wait_child(pid, rfd, t0 + min(timeout, total), collect)
+    status = _wait_child(pid, rfd, deadline_of(buf), collect)
     timed_out = status is None
     _kill_all(cfg, pid)
     if timed_out:
@@ -356,19 +375,64 @@ def run(cfg, req):
             status = -1
     os.close(rfd)
     shutil.rmtree(workdir, ignore_errors=True)
-    if timed_out:
+    return (None if timed_out else status), bytes(buf)
+
+
+def _response(status, out, t0, tests):
+    if status is None:
         kind, code = "timeout", None
     elif os.WIFSIGNALED(status):
         kind, code = "signal", -os.WTERMSIG(status)
     else:
         kind, code = "exit", os.WEXITSTATUS(status)
-    out = bytes(buf)
     resp = {"status": kind, "exit_code": code, "seconds": round(time.monotonic() - t0, 4)}
     if tests:
         resp["defined"] = out[:1] == DEFINED
         out = out[1:] if resp["defined"] else b""
     resp["results"] = out.decode("ascii", "replace")
     return resp
+
+
+def run(cfg, req):
+    """Run one request. A test program: one child within one limit. Tests: one child runs
+    the definitions and then the tests in order, each timed from the previous result
+    (no process per test: the common case costs one fork). If a test hangs (killed at its
+    limit, ``T``) or crashes the child (``X``), the tests after it run in a new child that
+    runs the definitions again and forks a tester for them, as ``_run_tests`` does, so a
+    second bad test again costs only itself."""
+    t0 = time.monotonic()
+    tests = "tests" in req
+    timeout = float(req.get("timeout", 5.0))
+    total = float(req.get("total_timeout", timeout)) if tests else timeout
+    end = t0 + total
+    if not tests:
+        status, out = _attempt(cfg, req, t0, lambda buf: t0 + timeout)
+        return _response(status, out, t0, False)
+    marks = {"start": t0}
+
+    def inline_deadline(buf):
+        # The top level gets the per-test limit, then each test its own from the last byte.
+        now = time.monotonic()
+        if len(buf) != marks.get("n"):
+            marks["n"], marks["at"] = len(buf), now
+        return min(end, marks["at"] + timeout)
+
+    status, out = _attempt(cfg, req, t0, inline_deadline)
+    n = len(req["tests"])
+    done = len(out) - 1  # results after the D byte
+    if out[:1] != DEFINED or done >= n or (status is None and time.monotonic() >= end):
+        return _response(status, out, t0, True)
+    # Test ``done`` hung (the child was killed at its limit) or crashed the child.
+    out += TIMED_OUT if status is None else CRASHED
+    done += 1
+    if done >= n:
+        return _response(0, out, t0, True)  # every test has its result: an ordinary end
+    t1 = time.monotonic()
+    status, more = _attempt(cfg, req, t0, lambda buf: t1 + min(timeout, end - t1) if buf[:1] != DEFINED else end,
+                            isolate_from=done)
+    if more[:1] == DEFINED:
+        out += more[1:]
+    return _response(status, out, t0, True)
 
 
 def _preload():

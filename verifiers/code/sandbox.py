@@ -65,7 +65,7 @@ What it does not protect against:
   machines you can afford to lose;
 * reading files: the file system is readable (read-only), so a program can read what
   ``nobody`` may read on the host (do not keep secrets world-readable);
-* reward hacking: tests run in a copy of the program's process, after it; a program that
+* reward hacking: tests run in the program's process, after it; a program that
   patches builtins, ``AssertionError`` or writes to the result pipe can fake passes.
   Scores from hostile code are not trustworthy, only the host is protected;
 * CPU and memory contention: limits are per program, not a cgroup; RLIMIT_NPROC counts

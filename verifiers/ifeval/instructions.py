@@ -29,6 +29,10 @@ from .sentences import count_words, sent_tokenize, word_tokenize
 
 # langdetect samples n-grams at random; a fixed seed makes a score reproducible.
 DetectorFactory.seed = 0
+# Its language profiles (~0.6 s to load) are loaded here, at import, rather than on the
+# first call in each scoring worker: the scorer imports verifiers before it forks workers,
+# so the workers (and the spares it forks later) start with them loaded.
+langdetect.detector_factory.init_factory()
 
 # The two comparisons IFEval's length and frequency instructions use.
 RELATIONS: dict[str, Callable[[int, int], bool]] = {"less than": operator.lt, "at least": operator.ge}
