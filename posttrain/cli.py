@@ -18,8 +18,8 @@ def _cmd_run(args) -> int:
     from posttrain.recipe.validate_inputs import check_inputs
 
     recipe = load_recipe(args.recipe, args.set)  # validates everything before a model loads
-    check_inputs(recipe)  # the model folder and every local data file, row by row
     if args.dry_run:
+        check_inputs(recipe)  # the model folder and every local data file, row by row (run_recipe does it too)
         # The plan also checks finished stages in the run directory against the recipe.
         steps = plan_run(recipe, Path(recipe.output_dir), args.force_stage)
         names = [n if c.type in (None, n) else f"{n} ({c.type})" for n, c in recipe.stages.items()]

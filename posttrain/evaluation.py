@@ -54,18 +54,59 @@ def check_rows(rows: list[dict], source: str) -> None:
             raise DataError(f"{source}: {e}") from None
 
 
+class SharedGeneration:
+    """``policy`` with its ``generate`` split between the processes of a multi-process
+    run: the conversations are ordered and batched exactly as ``Policy.generate`` does
+    (longest first, ``batch_size`` per batch), each process generates its share of the
+    batches, and every process gets every text in the original order. A batch holds the
+    same conversations whichever process runs it, so the texts are one process's, token
+    for token. On one process it is ``policy.generate`` itself. Everything else is the
+    policy's."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def generate(self, conversations, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 batch_size: int = 32, progress: bool = False) -> list[str]:
+        from posttrain.distributed import map_shared, world_and_rank
+
+        world, rank = world_and_rank()
+        opts = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        if world == 1:
+            return self.policy.generate(conversations, batch_size=batch_size, progress=progress, **opts)
+        lengths = [len(self.policy.chat_ids(m, add_generation_prompt=True)) for m in conversations]
+        order = sorted(range(len(conversations)), key=lambda i: -lengths[i])  # as Policy.generate (stable)
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+        def run(mine):
+            # One batch per call, handed over in its order: Policy.generate's own sort
+            # keeps it, so the padded batch is the one a single process would build.
+            return [self.policy.generate([conversations[i] for i in b], batch_size=len(b), **opts) for b in mine]
+
+        texts = [""] * len(conversations)
+        for b, out in zip(batches, map_shared(run, batches)):
+            for i, text in zip(b, out):
+                texts[i] = text
+        return texts
+
+
 def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size: int = 64,
              workers: int | None = None, progress: bool = True, source: str = "data") -> tuple[dict, list[dict]]:
     """Generate greedily for every row, score with the verifiers; returns the summary and
     the rows with ``response``, ``score`` and ``reason`` added. Callers run ``check_rows``
     first, before loading the model, so bad rows cost no model load or generation."""
+    from posttrain.distributed import map_shared
     from posttrain.verifiers.scoring import score_rows
 
     convs = [prompt_messages(r, f"{source}: row {i}") for i, r in enumerate(rows)]
     responses = policy.generate(convs, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     scored_in = [{**r, "response": resp, "prompt": c[-1]["content"]} for r, resp, c in zip(rows, responses, convs)]
     try:
-        results = score_rows(scored_in, workers=workers)
+        # Split between processes (one call on a single process), like the generation.
+        results = map_shared(lambda part: score_rows(part, workers=workers), scored_in)
     except ValueError as e:  # a malformed row or an unknown verifier name
         raise DataError(f"{source}: {e}") from None
     out = [{**r, "score": float(res.score), "reason": res.reason} for r, res in zip(scored_in, results)]
@@ -75,10 +116,15 @@ def evaluate(policy, rows: list[dict], *, max_new_tokens: int = 128, batch_size:
 def evaluate_recipe_stage(ctx) -> dict:
     """Run the recipe's ``eval`` section on a finished stage's model and record it in the
     stage's metrics and ``eval.json``: the prompt file's summary at the top level, each
-    suite's under ``suites``."""
+    suite's under ``suites``. Every process of a multi-process run calls it: each loads
+    the model whole and generates (and scores prompt-file rows) for its share
+    (``SharedGeneration``); the main process writes the results."""
+    from posttrain.distributed import world_and_rank
     from posttrain.policy import Policy
 
     cfg = ctx.recipe.eval
+    world, rank = world_and_rank()
+    main = rank == 0
     rows = None
     if cfg.data is not None:
         rows = read_jsonl(cfg.data)[: cfg.limit]
@@ -88,24 +134,33 @@ def evaluate_recipe_stage(ctx) -> dict:
         from posttrain.eval_suites import get_suite, load_suite_rows
 
         loaded = [(s, load_suite_rows(s, cfg.suite_data.get(s.name), cfg.limit)) for s in map(get_suite, cfg.suites)]
-    policy = Policy.load(ctx.model_dir, dtype=ctx.recipe.model.dtype)
+    device = None
+    if world > 1:
+        from accelerate import PartialState
+
+        device = str(PartialState().device)  # this process's own GPU (or the CPU)
+    policy = SharedGeneration(Policy.load(ctx.model_dir, dtype=ctx.recipe.model.dtype, device=device))
     summary, scored = {}, []
     if rows is not None:
         summary, scored = evaluate(policy, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                   source=cfg.data)
+                                   source=cfg.data, progress=main)
         ctx.metrics.log(-1, **{"eval/accuracy": summary["accuracy"], "eval/n": summary["n"]})
-        print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
+        if main:
+            print(f"[{ctx.name}] eval accuracy {summary['accuracy']:.4f} on {summary['n']} rows", file=sys.stderr)
     if loaded:
         from posttrain.eval_suites import run_suites
 
-        suites, suite_rows = run_suites(policy, loaded, batch_size=cfg.batch_size)
+        # Suites score on every process (cheap next to generating); generation is shared.
+        suites, suite_rows = run_suites(policy, loaded, batch_size=cfg.batch_size, progress=main)
         summary.update(suites)
         scored += suite_rows
         for name, s in suites["suites"].items():
             ctx.metrics.log(-1, **{f"eval/{name}/accuracy": s["accuracy"], f"eval/{name}/n": s["n"]})
-            print(f"[{ctx.name}] {name} accuracy {s['accuracy']:.4f} on {s['n']} rows", file=sys.stderr)
-    (ctx.stage_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
+            if main:
+                print(f"[{ctx.name}] {name} accuracy {s['accuracy']:.4f} on {s['n']} rows", file=sys.stderr)
+    if main:
+        (ctx.stage_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_jsonl_atomic(ctx.stage_dir / "eval_responses.jsonl", scored)
     return summary
 
 

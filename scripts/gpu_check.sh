@@ -17,7 +17,9 @@
 #    PEAK_TFLOPS for a GPU the table below does not know).
 # 2. GRPO steps of the rlvr stage with engine: vllm (vLLM in its own process, sleep mode
 #    between rollouts, full weights pushed after every update): rollout tokens/s,
-#    training tokens/s and the seconds one weight sync takes.
+#    training tokens/s and the seconds one weight sync takes. --server runs it with
+#    engine: vllm_server instead: a `python -m posttrain.rollout.vllm_server serve` process
+#    on the same GPU (35% of its memory), weights pushed to it over HTTP on localhost.
 #
 # Environment: OUT (work folder, default a fresh temp folder), STEPS (SFT steps, default
 # 5), RL_STEPS (default 3), PEAK_TFLOPS. On a CPU, --tiny sets VLLM_CPU_KVCACHE_SPACE=1.
@@ -32,8 +34,9 @@ for arg in "$@"; do
   case "$arg" in
     --tiny) SIZE=tiny ;;
     --hf) ENGINE=hf ;;  # GRPO with the hf engine (no vLLM installed)
-    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument $arg (use --tiny, --hf)" >&2; exit 2 ;;
+    --server) ENGINE=vllm_server ;;  # GRPO sampling from a vLLM server process
+    -h|--help) sed -n 2,27p "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (use --tiny, --hf, --server)" >&2; exit 2 ;;
   esac
 done
 OUT="${OUT:-$(mktemp -d /tmp/posttrain-gpu-check.XXXXXX)}"
@@ -177,11 +180,6 @@ def sft(folder: Path) -> dict:
 
 
 def grpo(folder: Path) -> dict:
-    from posttrain.metrics import MetricsWriter
-    from posttrain.recipe.load import validate_recipe
-    from posttrain.stages.context import StageContext
-    from posttrain.stages.rlvr.runner import build_run
-
     root = Path(os.environ["POSTTRAIN_ROOT"])
     tiny = SIZE == "tiny"
     stage = {"type": "rlvr", "engine": ENGINE, "train_data": [{"path": str(root / "data/tiny/rlvr_train.jsonl")}],
@@ -191,6 +189,33 @@ def grpo(folder: Path) -> dict:
              "learning_rate": 5e-7, "generation_batch_size": 16 if tiny else 256}
     if ENGINE == "vllm":
         stage["vllm"] = {"gpu_memory_utilization": 0.35, "kv_cache_gb": 1}
+    server = None
+    if ENGINE == "vllm_server":
+        import subprocess
+
+        from posttrain.rollout.vllm_server import READY
+
+        server = subprocess.Popen([sys.executable, "-m", "posttrain.rollout.vllm_server", "serve", str(folder),
+                                   "--port", "0", "--gpu-memory-utilization", "0.35", "--kv-cache-gib", "1"],
+                                  stdout=subprocess.PIPE, text=True)
+        line = server.stdout.readline()
+        if not line.startswith(READY):
+            raise SystemExit(f"vllm_server did not start: {line!r}")
+        stage["vllm"] = {"server_url": line.split()[-1]}
+    try:
+        return _grpo(folder, stage)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(60)
+
+
+def _grpo(folder: Path, stage: dict) -> dict:
+    from posttrain.metrics import MetricsWriter
+    from posttrain.recipe.load import validate_recipe
+    from posttrain.stages.context import StageContext
+    from posttrain.stages.rlvr.runner import build_run
+
     out = OUT / "grpo"
     recipe = validate_recipe({"output_dir": str(out), "seed": 0, "model": {"name_or_path": str(folder)},
                               "stages": {"rlvr": stage}})

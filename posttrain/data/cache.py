@@ -123,7 +123,30 @@ def load_examples(path: str | Path) -> tuple[Examples, dict]:
 def cached(parts: dict[str, Any], build: Callable[[], tuple[Examples, dict]], cache_dir: str | Path | None = None,
            desc: str = "data") -> tuple[Examples, dict]:
     """Return the entry keyed by ``parts`` if it exists, else ``build()`` it and store it.
-    A corrupt entry is rebuilt. The returned stats carry ``cache_hit``."""
+    A corrupt entry is rebuilt. The returned stats carry ``cache_hit``.
+
+    Under several processes (every one calls this) the main process looks first and
+    builds a missing entry while the others wait; they then read its file (a cache folder
+    on a filesystem every node sees; a process that cannot see the file builds its own).
+    So a mixture is tokenized once, not once per process."""
+    from posttrain.distributed import world_and_rank
+
+    world, rank = world_and_rank()
+    if world == 1:
+        return _cached(parts, build, cache_dir, desc)
+    import torch.distributed as dist
+
+    if rank != 0:
+        dist.barrier()  # the main process builds first
+    try:
+        return _cached(parts, build, cache_dir, desc)
+    finally:
+        if rank == 0:
+            dist.barrier()
+
+
+def _cached(parts: dict[str, Any], build: Callable[[], tuple[Examples, dict]], cache_dir: str | Path | None,
+            desc: str) -> tuple[Examples, dict]:
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = root / f"{cache_key(parts)}.npz"
     if path.exists():

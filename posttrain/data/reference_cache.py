@@ -42,33 +42,57 @@ def pair_logps(model, batch: dict[str, torch.Tensor], *, generic: bool = False) 
     return torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_out"], tok)
 
 
+def length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of pairs in batches of similar length: longest first (ties in index order),
+    each batch as many pairs as fit ``max_tokens`` padded tokens (at least one); the
+    first pair of a batch is its longest and sets its padded width."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, start = [], 0
+    while start < len(order):
+        per = max(1, max_tokens // lengths[order[start]])
+        batches.append(order[start : start + per])
+        start += per
+    return batches
+
+
 @torch.no_grad()
-def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, max_tokens: int = 2048,
-                progress: bool = True, desc: str = "reference log-probs") -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs ``(chosen (N,), rejected (N,))`` of every pair, no grad, in batches
-    of similar length holding up to ``max_tokens`` padded tokens each."""
+def score_batches(model, pairs: Sequence[PreferencePair], batches: Sequence[Sequence[int]], pad_id: int, device, *,
+                  progress: bool = True, desc: str = "reference log-probs") -> list[tuple[list[float], list[float]]]:
+    """``(chosen, rejected)`` summed log-probs of the pairs of each batch (indices into
+    ``pairs``), no grad, one forward per batch."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    lengths = [pair_row_length(p) for p in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
-    chosen = torch.zeros(len(pairs), dtype=torch.float32)
-    rejected = torch.zeros(len(pairs), dtype=torch.float32)
-    bar = tqdm(total=len(pairs), desc=desc, unit="pair", disable=not progress)
-    start = 0
-    while start < len(order):
-        # Longest first: the first pair of a batch sets its padded width.
-        per = max(1, max_tokens // lengths[order[start]])
-        idx = order[start : start + per]
+    out = []
+    bar = tqdm(total=sum(len(b) for b in batches), desc=desc, unit="pair", disable=not progress)
+    for idx in batches:
         batch = {k: v.to(device) if torch.is_tensor(v) else v
                  for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
-        out = pair_logps(model, batch).float().cpu()
-        chosen[idx], rejected[idx] = out[: len(idx)], out[len(idx) :]
+        logps = pair_logps(model, batch).float().cpu()
+        out.append((logps[: len(idx)].tolist(), logps[len(idx) :].tolist()))
         bar.update(len(idx))
-        start += len(idx)
     bar.close()
     model.train(was_training)
+    return out
+
+
+def score_pairs(model, pairs: Sequence[PreferencePair], pad_id: int, device, *, max_tokens: int = 2048,
+                progress: bool = True, desc: str = "reference log-probs") -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs ``(chosen (N,), rejected (N,))`` of every pair, no grad, in batches
+    of similar length holding up to ``max_tokens`` padded tokens each (``length_batches``).
+    Under several processes each scores its share of the batches and all get every score
+    (``posttrain.distributed.map_shared``); a batch is the same pairs whichever process
+    scores it, so the scores are those of one process, bit for bit."""
+    from posttrain.distributed import map_shared
+
+    batches = length_batches([pair_row_length(p) for p in pairs], max_tokens)
+    scored = map_shared(lambda mine: score_batches(model, pairs, mine, pad_id, device, progress=progress, desc=desc),
+                        batches)
+    chosen = torch.zeros(len(pairs), dtype=torch.float32)
+    rejected = torch.zeros(len(pairs), dtype=torch.float32)
+    for idx, (c, r) in zip(batches, scored):
+        chosen[idx], rejected[idx] = torch.tensor(c), torch.tensor(r)
     return chosen, rejected
 
 
@@ -126,20 +150,40 @@ def cached_reference_logps(model, pairs: Sequence[PreferencePair], pad_id: int, 
                            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Reference ``(chosen, rejected)`` summed log-probs from ``cache_dir/<key>.pt``, or
     computed (one no-grad pass) and stored there. The third value says whether the cache
-    was hit."""
+    was hit.
+
+    Under several processes every process calls this: the cache counts as hit only when
+    every process can read it (nodes may not share a cache folder); otherwise the pass is
+    split between them (``score_pairs``) and the main process writes the file. Nobody
+    waits at a barrier while another works alone (only while it writes the scores)."""
+    from posttrain.distributed import gather_objects, world_and_rank
+
     path = Path(cache_dir or default_cache_dir()) / f"{key}.pt"
-    if path.exists():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            if data["chosen"].shape[0] == len(pairs):
-                log.info("reference log-probs: cache hit %s", path)
-                return data["chosen"], data["rejected"], True
-        except Exception as e:  # a torn file from a killed run: recompute it
-            log.warning("reference cache %s unreadable (%s); recomputing", path, e)
+    cached = _read_cache(path, len(pairs))
+    if all(hit for hit in gather_objects(cached is not None)):
+        log.info("reference log-probs: cache hit %s", path)
+        return cached[0], cached[1], True
     chosen, rejected = score_pairs(model, pairs, pad_id, device, max_tokens=max_tokens, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"chosen": chosen, "rejected": rejected}, tmp)
-    os.replace(tmp, path)
-    log.info("reference log-probs: %d pairs cached in %s", len(pairs), path)
+    world, rank = world_and_rank()
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+        os.replace(tmp, path)
+        log.info("reference log-probs: %d pairs cached in %s", len(pairs), path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # a small file's write: the next call on any process then finds it
     return chosen, rejected, False
+
+
+def _read_cache(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not path.exists():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn file from a killed run: recompute it
+        log.warning("reference cache %s unreadable (%s); recomputing", path, e)
+        return None
+    return (data["chosen"], data["rejected"]) if data["chosen"].shape[0] == n else None

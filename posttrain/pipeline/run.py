@@ -1,7 +1,8 @@
-"""``run_recipe``: plan (reuse / resume / run each stage, checked against the recipe before
-any model loads), write the resolved recipe, then run the stages in order. A stage that
-trains the policy hands its ``model/`` to the next one; a stage that writes data or a
-non-policy model leaves the policy as it was and gets no policy eval."""
+"""``run_recipe``: check the inputs and plan (reuse / resume / run each stage, checked
+against the recipe) before any model loads, write the resolved recipe, then run the
+stages in order. A stage that trains the policy hands its ``model/`` to the next one; a
+stage that writes data or a non-policy model leaves the policy as it was and gets no
+policy eval."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from posttrain.pipeline.record import (DONE, RECORD, StageStep, eval_identity, n
 from posttrain.pipeline.summary import print_summary, write_run_report
 from posttrain.recipe.chain import resolve_data_sources
 from posttrain.recipe.schema import Recipe
+from posttrain.recipe.validate_inputs import check_inputs
 from posttrain.stages.context import StageContext
 from posttrain.stages.registry import get_stage
 
@@ -59,15 +61,21 @@ def resolved_recipe_yaml(recipe: Recipe) -> str:
 def run_recipe(recipe: Recipe, force_stage: str | None = None) -> Path:
     """Run every stage not already finished with the same section and inputs; with
     ``force_stage``, delete that stage's folder and every later one's first, so they run
-    again. Prints a per-stage summary and writes the run report at the end."""
+    again. Prints a per-stage summary and writes the run report at the end.
+
+    First, before any model loads, the inputs are checked (the model folder, the output
+    folder's room, every local data file row by row; ``check_inputs``), so a library
+    caller stops on a bad row at once as ``posttrain run`` does, not stages later."""
+    check_inputs(recipe)  # every process: each then stops alike, none waits at a barrier
     # Under `accelerate launch` every process runs this; only the main one writes shared
     # files, the others wait for it.
     import torch
     from accelerate import PartialState
 
-    # The main process alone does some preparation (tokenizing a large mixture, a DPO
-    # reference pass, the post-stage eval) while the others wait at a barrier; NCCL's
-    # default 10-minute collective timeout would kill such a wait on a real model.
+    # The DPO reference pass and the post-stage eval are split between the processes, but
+    # the main process alone tokenizes a mixture missing from the cache while the others
+    # wait, and saves gather on it; NCCL's default 10-minute collective timeout would kill
+    # such a wait on a large mixture or model.
     timeout = timedelta(seconds=float(os.environ.get("POSTTRAIN_COLLECTIVE_TIMEOUT_S", 4 * 3600)))
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)  # see training.loop.get_accelerator
     run_dir = Path(recipe.output_dir)
@@ -143,11 +151,12 @@ def _run_stage(recipe: Recipe, step: StageStep, model: str, revision: str | None
         output = step.spec.output(step.stage_dir)
         if not output.exists():
             raise RuntimeError(f"stage {step.name} ({step.spec.name}) finished without writing {output}")
-        if step.spec.trains_policy and recipe.eval is not None and state.is_main_process:
+        if step.spec.trains_policy and recipe.eval is not None:
             from posttrain.evaluation import evaluate_recipe_stage
 
-            evaluate_recipe_stage(ctx)
-            record["eval"] = eval_identity(recipe)
+            evaluate_recipe_stage(ctx)  # every process generates its share; the main one writes
+            if state.is_main_process:
+                record["eval"] = eval_identity(recipe)
     if state.is_main_process:
         seconds = round(time.time() - start, 1)
         record.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=seconds)
@@ -165,12 +174,12 @@ def _evaluate_if_stale(recipe: Recipe, step: StageStep, model: str, revision: st
     current = eval_identity(recipe)
     if (step.stage_dir / "eval.json").is_file() and same(step.record.get("eval"), current):
         return
-    if state.is_main_process:
-        from posttrain.evaluation import evaluate_recipe_stage
+    from posttrain.evaluation import evaluate_recipe_stage
 
-        log.info("stage %s: the recipe's eval changed since it ran; evaluating its model again", step.name)
-        with _writer(recipe, step, state) as writer:
-            evaluate_recipe_stage(_context(recipe, step, model, revision, step.stage_dir.parent, writer))
+    log.info("stage %s: the recipe's eval changed since it ran; evaluating its model again", step.name)
+    with _writer(recipe, step, state) as writer:  # every process generates its share
+        evaluate_recipe_stage(_context(recipe, step, model, revision, step.stage_dir.parent, writer))
+    if state.is_main_process:
         step.record["eval"] = current
         write_json_atomic(step.stage_dir / RECORD, step.record)
     state.wait_for_everyone()

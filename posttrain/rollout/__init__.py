@@ -3,7 +3,9 @@ current policy, and take its new weights after each update.
 
 ``make_engine("hf", ...)`` samples with transformers' ``generate`` (the default on CPU,
 the reference in tests); ``make_engine("vllm", ...)`` with a vLLM engine in its own
-process. Both implement :class:`RolloutEngine` (``posttrain/rollout/base.py``)::
+process; ``make_engine("vllm_server", None, tokenizer, server_url=...)`` with a vLLM server
+process reached over HTTP, possibly on another machine (``vllm_server.py``). All
+implement :class:`RolloutEngine` (``posttrain/rollout/base.py``)::
 
     engine = make_engine("vllm", model_dir, tokenizer)
     rollouts = engine.generate(prompt_ids, n=8, sampling=SamplingConfig(temperature=1.0,
@@ -28,8 +30,8 @@ from posttrain.rollout.weights import policy_weights
 __all__ = ["FinishReason", "Mismatch", "RolloutEngine", "Rollouts", "SamplingConfig", "logprob_mismatch",
            "logprob_temperature", "make_engine", "policy_weights", "rollout_logprobs", "rollout_mismatch"]
 
-EngineKind = Literal["hf", "vllm"]
-ENGINES: tuple[str, ...] = ("hf", "vllm")
+EngineKind = Literal["hf", "vllm", "vllm_server"]
+ENGINES: tuple[str, ...] = ("hf", "vllm", "vllm_server")
 
 
 def make_engine(kind: EngineKind, model_dir: str | Path | None, tokenizer, *, model=None, **opts) -> RolloutEngine:
@@ -43,6 +45,9 @@ def make_engine(kind: EngineKind, model_dir: str | Path | None, tokenizer, *, mo
       process. Options: ``dtype``, ``seed``, ``max_model_len``,
       ``gpu_memory_utilization``, ``enable_sleep_mode``, ``torch_compile``, ``quiet``,
       ``kv_cache_gib`` (CPU), ``engine_kwargs`` (passed to ``vllm.LLM``).
+    - ``vllm_server``: a running ``python -m posttrain.rollout.vllm_server serve`` (which
+      loaded its own model; ``model_dir`` is not used). Options: ``server_url``
+      (required), ``timeout``, ``connect_timeout``, ``chunk_bytes``. Needs no vLLM here.
     """
     if kind == "hf":
         from posttrain.rollout.hf import HFEngine
@@ -66,4 +71,13 @@ def make_engine(kind: EngineKind, model_dir: str | Path | None, tokenizer, *, mo
         from posttrain.rollout.vllm import VLLMEngine
 
         return VLLMEngine(model_dir, tokenizer, **opts)
+    if kind == "vllm_server":
+        if model is not None:
+            raise PosttrainError("the vllm_server engine samples from its server's copy: pass server_url, not model=")
+        if not opts.get("server_url"):
+            raise PosttrainError("the vllm_server engine needs server_url (http://HOST:PORT of a running "
+                                 "`python -m posttrain.rollout.vllm_server serve MODEL`)")
+        from posttrain.rollout.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(opts.pop("server_url"), tokenizer, **opts)
     raise PosttrainError(f"unknown rollout engine {kind!r}: choose one of {', '.join(ENGINES)}")

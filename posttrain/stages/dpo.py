@@ -138,7 +138,8 @@ def live_reference(policy, frozen_model=None):
 
 def precompute_reference(ctx, policy, pairs: list[PreferencePair], desc: str) -> list[tuple[float, float]]:
     """Reference log-probs of every pair from the on-disk cache, or one batched no-grad
-    pass over the (still untrained) policy, adapter disabled under LoRA."""
+    pass over the (still untrained) policy, adapter disabled under LoRA, split between the
+    processes of a multi-process run."""
     from posttrain.data.reference_cache import cached_reference_logps, reference_cache_key, weights_fingerprint
 
     cfg: DPOConfig = ctx.config
@@ -146,8 +147,9 @@ def precompute_reference(ctx, policy, pairs: list[PreferencePair], desc: str) ->
     weights = f"{weights_fingerprint(ctx.input_model, ctx.input_revision)}:{policy.model.dtype}"
     key = reference_cache_key(weights, pairs, policy.tokenizer, cfg.max_length)
     scope = policy.disabled_adapter() if policy.is_lora else nullcontext()
-    # The main process computes and writes the cache; the others then read it.
-    with acc.main_process_first(), scope:
+    # Every process calls it: each scores its share of the batches (the model is still
+    # whole on each: it is sharded later, by the Trainer) and all get every score.
+    with scope:
         chosen, rejected, hit = cached_reference_logps(
             policy.model, pairs, policy.tokenizer.pad_token_id, policy.device, key, cfg.reference_cache_dir,
             max_tokens=cfg.reference_batch_tokens, progress=acc.is_main_process)

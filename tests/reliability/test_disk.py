@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,12 +21,12 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 TINY_BASE = ROOT / "posttrain" / "models" / "tiny_base"
 
-RECIPE = f"""
+RECIPE = """
 output_dir: run
-model: {{name_or_path: {TINY_BASE}}}
+model: {name_or_path: {model}}
 stages:
   sft:
-    train_data: [{{path: {{data}}}}]
+    train_data: [{path: {data}}]
     learning_rate: 1.0e-3
     max_steps: 12
     save_steps: 1
@@ -57,12 +56,8 @@ def tmpfs(tmp_path):
 
 
 @pytest.fixture
-def workdir(tmp_path) -> Path:
-    rows = [{"messages": [{"role": "user", "content": f"{i} + {i}?"}, {"role": "assistant", "content": str(2 * i)}]}
-            for i in range(16)]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE).replace("{data}", str(tmp_path / "sft.jsonl")))
-    return tmp_path
+def workdir(sft_workdir) -> Path:
+    return sft_workdir(RECIPE)
 
 
 def command(workdir: Path, output_dir: Path) -> list[str]:

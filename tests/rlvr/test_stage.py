@@ -126,7 +126,7 @@ def test_two_rlvr_stages_in_one_recipe(workdir, tiny_model_dir):
     ({"advantage": "nope"}, "stages.rlvr.advantage: unknown advantage estimator 'nope'"),
     ({"policy_loss": "nope"}, "stages.rlvr.policy_loss: unknown policy loss 'nope'"),
     ({"algorithm": "a2c"}, "stages.rlvr.algorithm: Input should be 'grpo' or 'ppo'"),
-    ({"engine": "sglang"}, "stages.rlvr.engine: Input should be 'hf' or 'vllm'"),
+    ({"engine": "sglang"}, "stages.rlvr.engine: Input should be 'hf', 'vllm' or 'vllm_server'"),
     ({"temperature": 0}, "stages.rlvr.temperature: Input should be greater than 0"),
     ({"gradient_accumulation_steps": 4}, "stages.rlvr.gradient_accumulation_steps: not used by RLVR"),
     ({"eval_data": [{"path": "x/y"}]},

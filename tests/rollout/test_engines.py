@@ -42,17 +42,6 @@ def _alive(pids) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    from posttrain.policy import prepare_tokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prepare_tokenizer(tok)
-    return tok
-
-
-@pytest.fixture(scope="module")
 def vllm_engine(tiny_model_dir, tokenizer):
     """The module's vLLM engine, with the trainer process's state from before it started.
     Closing it must leave none of its processes running."""

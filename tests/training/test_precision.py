@@ -115,3 +115,19 @@ def test_the_gpu_default_trains_at_tuelu_dpo_learning_rate(small_model_dir, exam
 
     # The previous default (auto = bf16 weights, stepped in place) loses the update.
     assert _one_step(small_model_dir, examples, torch.bfloat16, "no") < 0.02
+
+
+def test_the_accelerator_on_a_cpu_machine(monkeypatch):
+    """``posttrain.training.accelerator``: DeepSpeed is told its accelerator up front (its
+    probe would print into ``posttrain run``'s stdout), a stage's precision replaces the
+    previous stage's in the same process, ``None`` keeps it, and fp16 is refused."""
+    import os
+
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    assert get_accelerator("no").mixed_precision == "no"
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    assert get_accelerator("bf16").mixed_precision == "bf16"
+    assert get_accelerator().mixed_precision == "bf16"
+    assert get_accelerator("auto").mixed_precision == "no"  # auto on a CPU: fp32
+    with pytest.raises(PosttrainError, match="fp16"):
+        get_accelerator("fp16")

@@ -15,7 +15,7 @@ from posttrain.recipe.schema import DataSource, ModelFromStage, Strict, TrainSta
 
 
 class VLLMSettings(Strict):
-    """The vLLM engine (``engine: vllm``)."""
+    """The vLLM engine (``engine: vllm``) or server (``engine: vllm_server``)."""
 
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     """Share of each GPU's memory vLLM may take (the trainer shares the device)."""
@@ -24,6 +24,10 @@ class VLLMSettings(Strict):
     an integer)."""
     sleep_between_rollouts: bool = True
     """On a GPU, free vLLM's memory (sleep mode) while the trainer steps."""
+    server_url: str | None = None
+    """``engine: vllm_server``: address of a running ``python -m
+    posttrain.rollout.vllm_server serve MODEL`` (``http://HOST:PORT``), serving the stage's
+    input model; the main process pushes the weights to it after each step."""
 
 
 class PPOSettings(Strict):
@@ -82,10 +86,11 @@ class RLVRConfig(TrainStageConfig):
     algorithm: Literal["grpo", "ppo"] = "grpo"
     """``grpo``: group-relative advantages, no value model (OLMo 2 1B). ``ppo``: a value
     model and GAE (Tülu 3 8B, OLMo 2 7B); see ``ppo``."""
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "vllm_server"] = "hf"
     """Rollout engine: ``hf`` (transformers generate; the CPU default, samples from the
-    trainer's own model object, so weight sync costs nothing) or ``vllm`` (vLLM in its own
-    process, synced after each update; the fast choice on GPUs)."""
+    trainer's own model object, so weight sync costs nothing), ``vllm`` (vLLM in its own
+    process, synced after each update; the fast choice on GPUs) or ``vllm_server`` (a vLLM
+    server at ``vllm.server_url``, e.g. on another node, weights pushed over HTTP)."""
     vllm: VLLMSettings = VLLMSettings()
     """vLLM engine settings."""
     generation_batch_size: int = Field(64, gt=0)
@@ -307,4 +312,7 @@ class RLVRConfig(TrainStageConfig):
                 raise ValueError("samples_per_prompt: GRPO/RLOO need at least 2 samples per prompt (a group)")
         if self.dynamic_sampling and self.samples_per_prompt < 2:
             raise ValueError("dynamic_sampling: needs groups of at least 2 samples per prompt")
+        if self.engine == "vllm_server" and not self.vllm.server_url:
+            raise ValueError("vllm.server_url: engine vllm_server needs the server's address (http://HOST:PORT of "
+                             "`python -m posttrain.rollout.vllm_server serve MODEL`)")
         return self

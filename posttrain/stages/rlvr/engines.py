@@ -8,6 +8,8 @@
   full weights (LoRA merged) are pushed to it (``posttrain.rollout``: ``/dev/shm``
   safetensors + ``reload_weights`` on CPU, CUDA IPC on a GPU). vLLM's engine process
   must start under an ``if __name__ == "__main__":`` entry point (``posttrain`` is one).
+- ``vllm_server``: a vLLM server process (``posttrain.rollout.vllm_server``), possibly on
+  another node; every process samples from it, the main process pushes the weights.
 
 The sync itself is ``posttrain.training.weight_sync.FullWeightSync`` (gathers sharded
 weights first).
@@ -68,6 +70,13 @@ def start_vllm(cfg, ctx, tokenizer, max_prompt_tokens: int):
     return make_engine("vllm", ctx.input_model, tokenizer, dtype=ctx.recipe.model.dtype, seed=ctx.seed,
                        max_model_len=max_model_len, gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
                        enable_sleep_mode=cfg.vllm.sleep_between_rollouts, kv_cache_gib=cfg.vllm.kv_cache_gb)
+
+
+def connect_vllm_server(cfg, tokenizer):
+    """The ``vllm_server`` engine: a client of the server at ``vllm.server_url``."""
+    from posttrain.rollout import make_engine
+
+    return make_engine("vllm_server", None, tokenizer, server_url=cfg.vllm.server_url)
 
 
 def hf_engine(cfg, tokenizer, model, *, own_copy=None):

@@ -52,7 +52,7 @@ class InLoopEval:
         if not self.is_main or not self.prompts:
             return {}
         from posttrain.generation import pass_rates
-        from posttrain.stages.rlvr.source import derived_seed
+        from posttrain.stages.rlvr.source import derived_seed, generate_checked
 
         t0 = time.perf_counter()
         ids = [p.token_ids for p in self.prompts]
@@ -61,7 +61,8 @@ class InLoopEval:
         sampled = None
         if self.samples:
             seed = derived_seed(self.seed, step, 1 << 30)
-            sampled = self.engine.generate(ids, self.samples, dataclasses.replace(self.sampled, seed=seed))
+            sampled = generate_checked(self.engine, ids, self.samples,
+                                       dataclasses.replace(self.sampled, seed=seed))
         self.engine.sleep()
         greedy_scores = self._score(greedy)
         out = {"eval/accuracy": sum(greedy_scores) / len(greedy_scores),

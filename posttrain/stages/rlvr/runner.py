@@ -116,7 +116,8 @@ def build_run(ctx) -> RLVRRun:
     from posttrain.policy import prepare_tokenizer
     from posttrain.stages.rlvr.algorithm import get_algorithm
     from posttrain.stages.rlvr.batch import collate_samples
-    from posttrain.stages.rlvr.engines import check_engine_setup, hf_engine, prompt_limit, start_vllm
+    from posttrain.stages.rlvr.engines import (check_engine_setup, connect_vllm_server, hf_engine, prompt_limit,
+                                               start_vllm)
     from posttrain.stages.rlvr.evaluation import InLoopEval
     from posttrain.stages.rlvr.source import RolloutSource
     from posttrain.training import OnlineTrainer, get_accelerator
@@ -146,6 +147,8 @@ def build_run(ctx) -> RLVRRun:
     engine = None
     try:
         engine = start_vllm(cfg, ctx, tokenizer, max_prompt) if cfg.engine == "vllm" else None
+        if cfg.engine == "vllm_server":
+            engine = connect_vllm_server(cfg, tokenizer)
         policy = ctx.load_policy()
         frozen = {}
         if cfg.beta > 0 and not policy.is_lora:
@@ -167,7 +170,8 @@ def build_run(ctx) -> RLVRRun:
         source = RolloutSource(cfg, prompts, engine, scorer, algorithm, seed=ctx.seed, stop_token_ids=stop,
                                reference=reference, old_logprobs=old, verifier_names=sorted(verifier_names),
                                rank=acc.process_index, world=acc.num_processes)
-        sync = FullWeightSync(engine, "policy", every_process=True)
+        # One server for all processes: the main one pushes the weights.
+        sync = FullWeightSync(engine, "policy", every_process=cfg.engine != "vllm_server")
         evaluate = None
         if eval_prompts:
             evaluate = InLoopEval(eval_prompts, engine, scorer,

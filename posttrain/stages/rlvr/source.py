@@ -40,6 +40,7 @@ from posttrain.rl.rewards import apply_non_stop_penalty, sequence_rewards, stopp
 from posttrain.rollout import SamplingConfig
 from posttrain.stages.rlvr.rollouts import ScoredRollouts, to_samples
 from posttrain.training import OnlineBatch
+from posttrain.training.guards import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,23 @@ def process_share(items: Sequence, rank: int, world: int) -> list:
     bounds = np.linspace(0, len(items), world + 1).round().astype(int)
     return list(items[bounds[rank] : bounds[rank + 1]])
 
+
+
+def generate_checked(engine, prompt_ids, n: int, sampling: SamplingConfig):
+    """``engine.generate``, with the one failure an RL update can cause there explained: an
+    update that blew the weights up to huge but finite values passes the step's NaN/Inf
+    guard, and the next sampling step finds non-finite next-token probabilities. torch's
+    sampler then raises a bare RuntimeError; a run stopped by bad hyperparameters should say
+    so in one line (exit 2), like the guard does for a non-finite loss."""
+    try:
+        return engine.generate(prompt_ids, n, sampling)
+    except RuntimeError as e:
+        if "inf" not in str(e) or "nan" not in str(e):
+            raise
+        raise NonFiniteError(
+            "sampling from the policy: its next-token probabilities are not finite (the last update "
+            "blew the weights up); lower the learning rate, then resume from an earlier checkpoint "
+            f"or start the stage again ({str(e).splitlines()[0]})") from e
 
 class RolloutSource:
     """``produce(step, models) -> OnlineBatch`` for ``OnlineTrainer`` (module docstring).
@@ -134,7 +152,7 @@ class RolloutSource:
         G = cfg.samples_per_prompt
         t0 = time.perf_counter()
         self.engine.wake()
-        out = self.engine.generate([p.token_ids for p in prompts], G, self._sampling(seed))
+        out = generate_checked(self.engine, [p.token_ids for p in prompts], G, self._sampling(seed))
         self.engine.sleep()
         timings["generate_s"] += time.perf_counter() - t0
         if len(out) != len(prompts) * G or out.prompt_index != [i for i in range(len(prompts)) for _ in range(G)]:
