@@ -70,12 +70,13 @@ def test_held_out_plain_text_loss_is_low(base, tiny_model_dir):
     assert untrained > 4.0 and trained < 1.0, (trained, untrained)
 
 
-def test_continues_held_out_questions_in_the_task_format(base):
+def test_answers_held_out_questions_in_plain_text(base):
     """Prompted in plain text as in pretraining (BOS, ``{question}\\n``, greedy), the base
-    continues a held-out question with the task's working: the question restated as
-    ``x op y:`` with the right operation, column steps, and ``#### N`` to end. It has the
-    format (a negative result's comparison step included), not yet the arithmetic (2 of
-    these 48 answers are right); SFT teaches that."""
+    continues a held-out question with the task's working (the question restated as
+    ``x op y:`` with the right operation, column steps, ``#### N`` to end) and gets most of
+    them right, negative results included: it has learned the arithmetic on the training
+    triples and carries it to triples it never saw (the shipped base: 46 of these 48, 15
+    of their 17 negative ones). SFT then teaches the chat format."""
     from posttrain.policy import pad_sequences
 
     problems = held_out_problems(48, seed=1)
@@ -93,3 +94,7 @@ def test_continues_held_out_questions_in_the_task_format(base):
     worked = sum(bool(working.fullmatch(t)) for t in texts)
     same_op = sum(t.split(":")[0].count(p.op) == 1 for p, t in zip(problems, texts))
     assert worked >= 44 and same_op >= 40, (worked, same_op, texts)
+    right = [t.rstrip().endswith(f"#### {p.answer}") for p, t in zip(problems, texts)]
+    negative_right = sum(r for r, p in zip(right, problems) if p.answer < 0)
+    # Floors below the measured 46 and 15: greedy decoding may flip a near-tie on another CPU.
+    assert sum(right) >= 40 and negative_right >= 12, (sum(right), negative_right, texts)
