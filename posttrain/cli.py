@@ -30,8 +30,21 @@ def _cmd_run(args) -> int:
         run_dir = run_recipe(recipe, force_stage=args.force_stage)
     except Exception as e:  # noqa: BLE001 (re-raised unless a full disk explains it)
         raise disk_full_error(recipe.output_dir, e) or e
+    _leave_process_group()
     print(f"done: {run_dir}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under a multi-process launch, leave the process group before the interpreter exits
+    (``run_recipe`` ends at a barrier, so every process is past its last collective).
+    Left to interpreter shutdown, the backend's threads are torn down in no set order: torch
+    warns, and a DeepSpeed process once aborted at exit ("terminate called without an
+    active exception") after its run had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cmd_init_model(args) -> int:
