@@ -190,6 +190,51 @@ def posttrain_update_split(model_dir: Path, prompts_file: Path, args, work: Path
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
+def generation_floor(model_dir: Path, rows: list[dict], args, repeats: int = 5) -> tuple[float, float]:
+    """``(floor, lean)``: CPU seconds of the model forwards alone that any sampler built on transformers'
+    forward must run for one step's rollouts, with nothing else: one prefill of the
+    prompts (batched, left-padded, the KV cache kept), then ``max_new_tokens - 1`` decode
+    forwards of all ``prompts x n`` rows, one token each, through the cache; no sampling,
+    no warpers, no stop checks. And the same step's rollouts by the hf engine's lean loop
+    (``sample_with_cache``, temperature 1, full length: no stop tokens). Medians of
+    ``repeats`` (after one unmeasured), one thread's CPU time. ``lean - floor`` is what
+    sampling itself costs; ``floor`` bounds how fast a step with this engine kind can get."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    from posttrain.data.chat import prompt_ids
+    from posttrain.logprobs import pad_sequences
+    from posttrain.policy import prepare_tokenizer
+    from posttrain.rollout.base import SamplingConfig
+    from posttrain.rollout.kv_sampling import sample_with_cache
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prepare_tokenizer(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = [prompt_ids(tokenizer, r["messages"]) for r in rows]
+    ids, mask = pad_sequences(prompts, tokenizer.pad_token_id, "left")
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    expand = torch.arange(len(rows)).repeat_interleave(args.n)
+    token = torch.full((len(expand), 1), tokenizer.pad_token_id + 1)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
+    times, lean = [], []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            t = time.process_time()
+            sample_with_cache(model, prompts, [args.n] * len(prompts), sampling, tokenizer.pad_token_id)
+            lean.append(time.process_time() - t)
+            t = time.process_time()
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.reorder_cache(expand)
+            full_mask = torch.cat([mask[expand], mask.new_ones(len(expand), args.max_new_tokens)], dim=1)
+            for step in range(args.max_new_tokens - 1):
+                model(input_ids=token, attention_mask=full_mask[:, : ids.shape[1] + step + 1],
+                      position_ids=position[expand, -1:] + 1 + step, past_key_values=cache, use_cache=True)
+            times.append(time.process_time() - t)
+    return statistics.median(times[1:]), statistics.median(lean[1:])
+
+
 # ---------------------------------------------------------------------------- TRL
 def run_trl(model_dir: Path, rows: list[dict], args, work: Path) -> dict:
     from datasets import Dataset
@@ -290,6 +335,7 @@ def main(argv=None) -> int:
                       f"({statistics.median(r['cpu']):.3f} CPU s/step), "
                       f"{statistics.median(r['tokens']):.0f} generated tokens/step  (load {load()})", flush=True)
         split = posttrain_update_split(model_dir, prompts_file, args, tmp / "split", steps=args.steps)
+        floor, lean_gen = generation_floor(model_dir, rows, args)
     print(f"load average at end: {load()}\n")
     summary = {}
     for name, r in results.items():
@@ -329,11 +375,20 @@ def main(argv=None) -> int:
     if args.with_generate:
         gen = statistics.median(d["time/generate_s"] for d in parts["posttrain_gen"])
         print(f"posttrain generation with generate(): {gen:.4f} s/step")
+    # The bound: a posttrain step whose generation cost only the model forwards it needs.
+    best = summary["posttrain"]["cpu_s_per_step"] - (lean_gen - floor)
+    print(f"\ngeneration floor (transformers' forward alone: 1 prefill + {args.max_new_tokens - 1} decode "
+          f"forwards of {args.prompts * args.n} rows, no sampling): {floor:.4f} CPU s; the hf engine's lean "
+          f"loop for the same rollouts: {lean_gen:.4f} CPU s ({lean_gen / floor:.2f}x the floor)")
+    print(f"a posttrain step with generation at that floor: {best:.4f} CPU s = at most "
+          f"{summary['trl']['cpu_s_per_step'] / best:.2f}x TRL's step rate with this engine kind")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "ratio": ratio,
                                                "cpu_ratio": cpu_ratio,
                                                "posttrain_parts": pt, "posttrain_update_split": split,
-                                               "trl_generate_s": trl_gen}, indent=2))
+                                               "trl_generate_s": trl_gen, "generation_floor_cpu_s": floor,
+                                               "lean_generation_cpu_s": lean_gen,
+                                               "best_cpu_s_per_step": best}, indent=2))
     return 0
 
 
