@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from posttrain.verifiers import Scorer, UnknownVerifierError, get_verifier, score_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,29 +113,23 @@ def _rate(fn, rows, seconds: float = 1.0) -> float:
     return best
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def _tree_cpu(pids: list[int]) -> float:
     """CPU seconds used so far by ``pids`` and every live process below them (each one's
     user + system time, plus that of its children already reaped)."""
-    parent = {}
-    stats = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
+    total = 0.0
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            tree = [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
             try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:  # ended since the walk: its time went to its parent
                 continue
-            parent[int(name)] = int(fields[1])
-            stats[int(name)] = sum(int(x) for x in fields[11:15]) / _TICK
-    tree, grew = set(pids), True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(stats.get(p, 0.0) for p in tree)
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def child_measure(name: str, workers: int, seconds: float) -> dict:

@@ -125,24 +125,34 @@ def cached(parts: dict[str, Any], build: Callable[[], tuple[Examples, dict]], ca
     """Return the entry keyed by ``parts`` if it exists, else ``build()`` it and store it.
     A corrupt entry is rebuilt. The returned stats carry ``cache_hit``.
 
-    Under several processes (every one calls this) the main process looks first and
-    builds a missing entry while the others wait; they then read its file (a cache folder
-    on a filesystem every node sees; a process that cannot see the file builds its own).
-    So a mixture is tokenized once, not once per process."""
+    Under several processes (every one calls this) each node's main process looks first
+    and builds a missing entry while the others wait; they then read its file. So a mixture
+    is tokenized once per node, not once per process. Per node rather than once per run:
+    the cache folder (``~/.cache`` by default) may be on each node's own disk, where a
+    run-wide main process's file would be invisible to the other nodes and all their
+    processes would then tokenize at once; on a folder every node sees, the nodes' main
+    processes tokenize side by side (the same wall time) and the atomic rename keeps one
+    whole entry."""
     from posttrain.distributed import world_and_rank
 
-    world, rank = world_and_rank()
-    if world == 1:
+    if world_and_rank()[0] == 1:  # no process group: creating accelerate's state could start one
         return _cached(parts, build, cache_dir, desc)
-    import torch.distributed as dist
+    import torch
+    from accelerate import PartialState
 
-    if rank != 0:
-        dist.barrier()  # the main process builds first
-    try:
-        return _cached(parts, build, cache_dir, desc)
-    finally:
-        if rank == 0:
-            dist.barrier()
+    # As run_recipe creates it (then this returns that state): created here first without
+    # cpu=True, accelerate would see one process on CPU processes and skip its barrier.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    with state.local_main_process_first():
+        try:
+            return _cached(parts, build, cache_dir, desc)
+        except Exception:
+            # accelerate releases the waiting processes only when the main one leaves the
+            # block normally; released here too, each meets the failure itself (the same
+            # one-line data error) instead of a dead peer at the barrier.
+            if state.is_local_main_process:
+                state.wait_for_everyone()
+            raise
 
 
 def _cached(parts: dict[str, Any], build: Callable[[], tuple[Examples, dict]], cache_dir: str | Path | None,

@@ -73,8 +73,8 @@ def run_recipe(recipe: Recipe, force_stage: str | None = None) -> Path:
     from accelerate import PartialState
 
     # The DPO reference pass and the post-stage eval are split between the processes, but
-    # the main process alone tokenizes a mixture missing from the cache while the others
-    # wait, and saves gather on it; NCCL's default 10-minute collective timeout would kill
+    # each node's main process alone tokenizes a mixture missing from the cache while the
+    # others wait, and saves gather on it; NCCL's default 10-minute collective timeout would kill
     # such a wait on a large mixture or model.
     timeout = timedelta(seconds=float(os.environ.get("POSTTRAIN_COLLECTIVE_TIMEOUT_S", 4 * 3600)))
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)  # see training.loop.get_accelerator

@@ -2,7 +2,8 @@
 does on every process, shared rather than repeated. Each process writes
 ``OUT/rank<r>.json``; ``test_shared_preparation.py`` compares the runs of 1 and 2 processes.
 
-- tokenization cache (``posttrain.data.cache.cached``): which process built the entry;
+- tokenization cache (``posttrain.data.cache.cached``): which process built the entry,
+  and that a build failing on the main process fails on every process alike;
 - the DPO reference pass (``cached_reference_logps``): the scores, the pairs this process
   forwarded, and a second call's cache hit;
 - the recipe eval's generation and scoring (``evaluate`` with ``SharedGeneration``): the
@@ -27,6 +28,7 @@ def main(model_dir: str, out: Path, cache: Path) -> None:
     from posttrain.data.preference import tokenize_pairs
     from posttrain.data.reference_cache import cached_reference_logps
     from posttrain.distributed import world_and_rank
+    from posttrain.errors import DataError
     from posttrain.evaluation import SharedGeneration, evaluate
     from posttrain.policy import Policy
 
@@ -77,6 +79,17 @@ def main(model_dir: str, out: Path, cache: Path) -> None:
     report["eval"] = {"summary": summary, "responses": [r["response"] for r in scored],
                       "scores": [r["score"] for r in scored], "prompts_generated": forwarded["prefill_rows"],
                       "n": len(rows["eval"])}
+
+    # A build that fails on the main process: the others must not be left at the barrier
+    # (they would see a dead peer); each meets the failure itself.
+    def failing_build():
+        builds.append(rank)
+        raise DataError("no such source")
+
+    try:
+        cached({"check": "failing"}, failing_build, cache / "tokenized", desc="check")
+    except DataError as e:
+        report["failed_tokenization"] = {"error": str(e), "builds": len(builds)}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -12,35 +12,22 @@ because two processes cannot reproduce one process's random draws."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from dist_launch import ROOT, launch
+from rlvr_recipe import TINY_BASE, step_rows, write_prompts, write_recipe
 
 DRIVER = ROOT / "tests/distributed/grpo_driver.py"
 STEPS = 3
 LR = 1e-3  # grpo_driver's learning rate
 
 
-def _prompts(folder):
-    rows = (ROOT / "data/tiny/rlvr_train.jsonl").read_text().splitlines()[:12]
-    path = folder / "prompts.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def _rows(out):
-    rows = [json.loads(x) for x in (out / "rlvr/metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "policy/loss" in r]
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, small_model_dir):
     tmp = tmp_path_factory.mktemp("grpo-one")
-    launch(None, 1, [DRIVER, tmp / "out", small_model_dir, _prompts(tmp), STEPS], tmp / "cache", module=False)
+    launch(None, 1, [DRIVER, tmp / "out", small_model_dir, write_prompts(tmp), STEPS], tmp / "cache", module=False)
     return tmp / "out"
 
 
@@ -50,9 +37,9 @@ def test_grpo_on_two_processes_matches_one_process(tmp_path, small_model_dir, on
     if config.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
     two = tmp_path / "out"
-    launch(config, 2, [DRIVER, two, small_model_dir, _prompts(tmp_path), STEPS], tmp_path / "cache", module=False)
+    launch(config, 2, [DRIVER, two, small_model_dir, write_prompts(tmp_path), STEPS], tmp_path / "cache", module=False)
 
-    a, b = _rows(one_process), _rows(two)
+    a, b = step_rows(one_process), step_rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
     for x, y in zip(a, b):
         # the same 16 samples and rewards per step: 2 right and 2 wrong of 4 per prompt,
@@ -77,31 +64,8 @@ def test_grpo_on_two_processes_matches_one_process(tmp_path, small_model_dir, on
             torch.testing.assert_close(synced[k].float(), w2[k], rtol=0, atol=0)
 
 
-RLVR = """
-output_dir: {out}
-seed: 0
-model: {{name_or_path: {base}}}
-stages:
-  rlvr:
-    train_data: [{{path: {prompts}}}]
-    max_steps: 2
-    prompts_per_step: 4
-    samples_per_prompt: 4
-    max_new_tokens: 48
-    max_length: 64
-    non_stop_penalty: -1.0
-    num_iterations: 2
-    per_device_batch_size: 4
-    verifier_workers: 1
-    learning_rate: 1.0e-4
-    logging_steps: 1
-"""
-
-
 def _stage_run(tmp_path, config):
-    base = ROOT / "posttrain/models/tiny_base"
-    recipe = tmp_path / "rlvr.yaml"
-    recipe.write_text(RLVR.format(out=tmp_path / "run", base=base, prompts=_prompts(tmp_path)))
+    recipe = write_recipe(tmp_path, max_steps=2, num_iterations=2, learning_rate=1e-4)
     launch(config, 2, ["run", recipe], tmp_path / "cache")
     return tmp_path / "run"
 
@@ -117,12 +81,11 @@ def test_rlvr_stage_trains_on_two_ddp_processes(ddp_stage_run):
     step) under DDP: it trains and saves one model. Each process samples its own prompts
     with its own seed, so this is not compared with one process (the test above does that
     on fixed rollouts)."""
-    rows = _rows(ddp_stage_run)
+    rows = step_rows(ddp_stage_run)
     assert [r["step"] for r in rows] == [1, 2]
     # right, wrong and unfinished (-1) answers of the tiny base: advantages are not all zero
     assert max(r["reward/std"] for r in rows) > 0
-    base = ROOT / "posttrain/models/tiny_base"
-    trained, before = (load_file(d / "model.safetensors") for d in (ddp_stage_run / "rlvr/model", base))
+    trained, before = (load_file(d / "model.safetensors") for d in (ddp_stage_run / "rlvr/model", TINY_BASE))
     assert trained.keys() == before.keys()
     assert any(not torch.equal(trained[k], before[k].to(trained[k].dtype)) for k in trained)
 
@@ -138,7 +101,7 @@ def test_rlvr_stage_sharded_matches_ddp(tmp_path, ddp_stage_run, config):
     norms per step as DDP."""
     if config.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
-    a, b = _rows(ddp_stage_run), _rows(_stage_run(tmp_path, config))
+    a, b = step_rows(ddp_stage_run), step_rows(_stage_run(tmp_path, config))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
     for x, y in zip(a, b):
         assert x["reward/mean"] == y["reward/mean"]

@@ -1,7 +1,8 @@
 """A stage's preparation on two real processes (torchrun, gloo) is shared, not repeated,
 and gives what one process gives (``prep_checks.py``):
 
-- the tokenization cache entry is built by the main process only; the other reads it;
+- the tokenization cache entry is built by the main process only; the other reads it; a
+  build that fails on the main process fails with the same error on the other;
 - the DPO reference pass: each process forwards part of the pairs, both get every score,
   bit for bit those of one process (a batch holds the same pairs whichever process scores
   it), and a second call hits the cache on both with no forward;
@@ -49,6 +50,14 @@ def test_tokenization_is_built_once(runs):
     assert a["tokenization"]["built"] and not b["tokenization"]["built"]  # the main process built it
     assert b["tokenization"]["hit"]  # ... and the other read its file
     assert a["tokenization"]["examples"] == b["tokenization"]["examples"] == one["tokenization"]["examples"]
+
+
+def test_a_failed_tokenization_fails_alike_on_every_process(runs):
+    (one,), (a, b) = runs
+    # builds counts this process's build calls: the good entry's (main only), then the failing one
+    assert one["failed_tokenization"] == {"error": "no such source", "builds": 2}
+    assert a["failed_tokenization"] == {"error": "no such source", "builds": 2}
+    assert b["failed_tokenization"] == {"error": "no such source", "builds": 1}  # released, it tried itself
 
 
 def test_reference_pass_is_split_and_equals_one_process(runs):

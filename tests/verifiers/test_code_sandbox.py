@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from posttrain.verifiers import score_rows
@@ -16,37 +17,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _procs_with(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
 
 
 def _tree(top: int) -> set[int]:
     """``top`` and the live processes below it (a zombie is dead already)."""
-    parent, live = {}, set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            parent[int(name)] = int(fields[1])
-            if fields[0] != b"Z":
-                live.add(int(name))
-    below, grew = {top}, True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in below} - below
-        below |= more
-        grew = bool(more)
-    return below & live
+    try:
+        root = psutil.Process(top)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    live = set()
+    for proc in tree:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                live.add(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return live
 
 
 def _idle(sandbox) -> set[int]:
