@@ -32,6 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -40,15 +41,7 @@ TINY_BASE = ROOT / "posttrain" / "models" / "tiny_base"
 
 
 def _processes_with(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
 
 
 SETTLE = "import time\ntime.sleep(1)\nassert False"

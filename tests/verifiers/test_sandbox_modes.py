@@ -7,6 +7,7 @@ import stat
 import time
 import uuid
 
+import psutil
 import pytest
 
 from posttrain.errors import PosttrainError
@@ -165,15 +166,7 @@ def test_the_mode_reaches_the_scoring_workers(no_bwrap_on_path):
 
 
 def _procs_with(marker: str) -> list[int]:
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(name))
-        except OSError:
-            pass
-    return found
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
 
 
 def test_resource_limits_only_still_kill_what_the_program_left():
