@@ -1,6 +1,6 @@
 """Pretrain the tiny OLMo-2 base that ``recipes/tiny.yaml`` post-trains.
 
-How the shipped ``posttrain/models/tiny_base/`` was made: three runs, each continuing the
+How the shipped ``posttrain/models/tiny_base/`` was made: four runs, each continuing the
 one before with ``--init-from`` (the CPU was shared, so the pretraining went in pieces;
 each run's ``posttrain_base.json`` nests the one it continued from under
 ``init_from_run``). From the repo root, one thread each:
@@ -9,7 +9,12 @@ each run's ``posttrain_base.json`` nests the one it continued from under
     python scripts/pretrain_tiny_base.py --threads 1 --init-from /tmp/base_a --data-seed 1 \\
         --lr 2e-3 --steps 1100 --stop-after 400 --out /tmp/base_b
     python scripts/pretrain_tiny_base.py --threads 1 --init-from /tmp/base_b --data-seed 2 \\
-        --lr 1.5e-3 --warmup 10 --steps 300 --save-every 50 --out posttrain/models/tiny_base
+        --lr 1.5e-3 --warmup 10 --steps 300 --save-every 50 --out /tmp/base_c
+    python scripts/pretrain_tiny_base.py --threads 1 --init-from /tmp/base_c --data-seed 3 \\
+        --lr 1e-3 --warmup 10 --steps 240 --save-every 60 --out posttrain/models/tiny_base
+
+Run 4 came after the task gained many more trained phrasings (lead-ins, expressions and
+sentence shapes); it pretrains on documents in the new phrasing set.
 
 1. ``posttrain.models.init_tiny_model(seed=0)``: the default ~3.6M-parameter OLMo-2 and its
    byte-level BPE tokenizer, random weights.
@@ -24,7 +29,7 @@ each run's ``posttrain_base.json`` nests the one it continued from under
 4. Saved in fp32 safetensors (13.7 MB), as trained. ``posttrain_base.json`` beside it
    records the settings, the final loss and the wall time.
 
-The shipped one, by run (1,100 steps of 16 x 256 tokens in all, 4.5M tokens; wall times on
+The shipped one, by run (1,340 steps of 16 x 256 tokens in all, 5.5M tokens; wall times on
 this project's 2-core CPU while other work shared it, one thread: with two, OpenMP threads
 on busy cores wait for each other and a step took 2-4x longer):
 
@@ -33,6 +38,10 @@ on busy cores wait for each other and a step took 2-4x longer):
     2    400    2e-3     0.30        1133 s  30.5% (first 200)
     3    300    1.5e-3   0.23        1360 s  88.5% (all 600: trained phrasings 95.0%,
                                              held-out phrasings 75.5%, negative results 84.8%)
+    4    240    1e-3     0.24         600 s  94.5% (all 600 of the regenerated eval: trained
+                                             phrasings 98.0%, held-out phrasings 87.5%; run
+                                             3's base there: 62.3%, held-out phrasings 65.5%;
+                                             on run 3's eval file: 95.0%, 98.0% / 89.0%)
 
 "Plain-text accuracy": ``<|endoftext|>{question}\n`` from ``data/tiny/eval.jsonl``,
 greedy, the number after ``####`` compared with the answer. The loss fell slowly for the

@@ -50,23 +50,37 @@ from pathlib import Path
 # Expressions: the operation between two numbers, in the order they are operated on.
 ADD_SYMBOLIC = ["{x} + {y}", "{x}+{y}"]
 SUB_SYMBOLIC = ["{x} - {y}", "{x}-{y}"]
-ADD_VERBAL = ["{x} plus {y}", "the sum of {x} and {y}"]
-SUB_VERBAL = ["{x} minus {y}", "{x} take away {y}"]
+ADD_VERBAL = ["{x} plus {y}", "the sum of {x} and {y}", "the total of {x} and {y}", "{x} increased by {y}"]
+SUB_VERBAL = ["{x} minus {y}", "{x} take away {y}", "{x} less {y}", "{x} decreased by {y}"]
 
-# Lead-ins around an expression; the symbolic ones ending in "=" fit symbolic expressions only.
+# Lead-ins around an expression; the symbolic ones fit symbolic expressions only. Many
+# shapes on purpose (a question, an order, a label before the expression, the expression
+# first): a small model that saw only a few learns those strings, not the task, and
+# restates an unseen phrasing's numbers wrongly.
 TRAIN_LEADS = ["What is {e}?", "Calculate {e}.", "Compute {e}.", "Find {e}.", "Work out {e}.", "Tell me {e}.",
-               "How much is {e}?", "Solve: {e}", "{e} equals what?", "Please work out {e}."]
-TRAIN_SYMBOLIC_LEADS = ["{e} = ?", "{e}=?", "Calculate {e} ="]
+               "How much is {e}?", "Solve: {e}", "{e} equals what?", "Please work out {e}.",
+               "What does {e} come to?", "Determine {e}.", "Figure out {e}.", "Please calculate {e}.",
+               "Could you work out {e}?", "I need {e}.", "Show me {e}.", "Question: {e}", "Quick one: {e}",
+               "Find the value of {e}.", "{e} is how much?", "Do you know {e}?", "Help me with {e}."]
+TRAIN_SYMBOLIC_LEADS = ["{e} = ?", "{e}=?", "Calculate {e} =", "Result of {e}?", "Math: {e}", "{e} makes what?"]
 HELD_OUT_LEADS = ["What's {e}?", "Evaluate {e}.", "Can you compute {e}?", "Give me {e}."]
 HELD_OUT_SYMBOLIC_LEADS = ["{e}"]
 
 # Whole sentences. Most name the subtrahend first ("Subtract 7 from 35" is 35 - 7), so the
-# model must restate the numbers in the other order; "Start with" ones keep the order.
+# model must restate the numbers in the other order; "Start with" ones keep the order. As
+# with the lead-ins, several sentence shapes (a condition first, a story, two sentences).
 TRAIN_ADD_SENTENCES = ["Add {x} and {y}.", "Please add {x} and {y}.", "What do you get if you add {x} and {y}?",
-                       "Add {y} to {x}.", "Start with {x} and add {y}."]
+                       "Add {y} to {x}.", "Start with {x} and add {y}.",
+                       "Suppose you add {x} and {y}. What is the result?", "When {y} is added to {x}, what is the total?",
+                       "I have {x} and get {y} more. How many do I have now?", "Put {x} and {y} together.",
+                       "Adding {y} to {x} gives what?", "Begin at {x}, then add {y}."]
 TRAIN_SUB_SENTENCES = ["Subtract {y} from {x}.", "Please subtract {y} from {x}.",
                        "What do you get if you subtract {y} from {x}?", "Take {y} away from {x}.",
-                       "Start with {x} and take away {y}."]
+                       "Start with {x} and take away {y}.",
+                       "Suppose you subtract {y} from {x}. What is the result?",
+                       "When {y} is subtracted from {x}, what is left?",
+                       "I have {x} and lose {y}. How many do I have now?", "Remove {y} from {x}.",
+                       "Subtracting {y} from {x} gives what?", "Begin at {x}, then subtract {y}."]
 HELD_OUT_ADD_SENTENCES = ["If you add {x} and {y}, what do you get?", "Add together {x} and {y}."]
 HELD_OUT_SUB_SENTENCES = ["If you subtract {y} from {x}, what do you get?", "Take away {y} from {x}."]
 

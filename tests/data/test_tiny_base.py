@@ -53,21 +53,29 @@ def test_loads_in_fp32_with_the_tiny_tokenizer(base, tiny_tokenizer):
 
 
 def test_held_out_plain_text_loss_is_low(base, tiny_model_dir):
-    """Next-token loss on worked answers of held-out triples: far below a random init's."""
+    """Next-token loss on worked answers of held-out triples, each document starting as in
+    pretraining (BOS, ``{question}\\n``): far below a random init's. Only the answer's
+    tokens count: the question's wording is drawn from hundreds of templates, so its tokens
+    stay unpredictable however well the task is learned (the shipped base: 0.003)."""
     from posttrain.policy import Policy
 
     rng = random.Random(0)
-    docs = [f"{tiny_task.ask(p, rng)}\n{tiny_task.solve(p)}" for p in held_out_problems(32)]
+    docs = [(f"{tiny_task.ask(p, rng)}\n", tiny_task.solve(p)) for p in held_out_problems(32)]
 
     def loss(policy):
-        ids = policy.tokenizer(docs, padding=True, return_tensors="pt")
-        labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
-        with torch.no_grad():
-            return policy.model(**ids, labels=labels).loss.item()
+        tok, losses = policy.tokenizer, []
+        for question, answer in docs:
+            prompt = [tok.eos_token_id] + tok(question, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + tok(answer, add_special_tokens=False)["input_ids"]])
+            labels = ids.clone()
+            labels[:, : len(prompt)] = -100
+            with torch.no_grad():
+                losses.append(policy.model(input_ids=ids, labels=labels).loss.item())
+        return sum(losses) / len(losses)
 
     random_init = Policy.load(tiny_model_dir, dtype="float32", device="cpu")
     trained, untrained = loss(base), loss(random_init)
-    assert untrained > 4.0 and trained < 1.0, (trained, untrained)
+    assert untrained > 4.0 and trained < 0.1, (trained, untrained)
 
 
 def test_answers_held_out_questions_in_plain_text(base):
@@ -75,7 +83,7 @@ def test_answers_held_out_questions_in_plain_text(base):
     continues a held-out question with the task's working (the question restated as
     ``x op y:`` with the right operation, column steps, ``#### N`` to end) and gets most of
     them right, negative results included: it has learned the arithmetic on the training
-    triples and carries it to triples it never saw (the shipped base: 46 of these 48, 15
+    triples and carries it to triples it never saw (the shipped base: 47 of these 48, 16
     of their 17 negative ones). SFT then teaches the chat format."""
     from posttrain.policy import pad_sequences
 
@@ -96,5 +104,5 @@ def test_answers_held_out_questions_in_plain_text(base):
     assert worked >= 44 and same_op >= 40, (worked, same_op, texts)
     right = [t.rstrip().endswith(f"#### {p.answer}") for p, t in zip(problems, texts)]
     negative_right = sum(r for r, p in zip(right, problems) if p.answer < 0)
-    # Floors below the measured 46 and 15: greedy decoding may flip a near-tie on another CPU.
+    # Floors below the measured 47 and 16: greedy decoding may flip a near-tie on another CPU.
     assert sum(right) >= 40 and negative_right >= 12, (sum(right), negative_right, texts)

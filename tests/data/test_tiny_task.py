@@ -97,7 +97,7 @@ def test_held_out_triples_and_phrasings_never_trained_on():
     templates = Counter()
     for (op, kind), families in PHRASINGS.items():
         templates[kind] += sum(map(len, families.values()))
-    assert templates["trained"] == 102 and templates["held_out"] == 40
+    assert templates["trained"] == 322 and templates["held_out"] == 56
     for name in ("eval", "sft_eval", "dpo_eval"):
         rows = read(name)
         qs = [(r["chosen"] if "chosen" in r else r["messages"])[0]["content"] for r in rows]
@@ -122,7 +122,8 @@ def test_held_out_phrasings_use_only_trained_operation_words():
     """A held-out phrasing is new wording around words training taught: the operation
     (and ``from`` reversing the order) is always named in a way some trained phrasing of the
     same operation names it."""
-    cues = {"+": ["+", "plus", "sum", "add"], "-": ["-", "minus", "take away", "subtract", " from "]}
+    cues = {"+": ["+", "plus", "sum", "add", "total", "increased"],
+            "-": ["-", "minus", "take away", "subtract", " from ", " less ", "decreased"]}
     for op in "+-":
         trained = " ".join(ph for phs in PHRASINGS[(op, "trained")].values() for ph in phs).lower()
         for ph in (ph for phs in PHRASINGS[(op, "held_out")].values() for ph in phs):
