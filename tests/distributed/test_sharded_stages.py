@@ -123,10 +123,11 @@ def test_sft_sharded_on_two_processes_matches_one_process_and_resumes(tmp_path, 
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "two", resumed)
     ckpts = resumed / "sft/checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step2-tokens939", "step4-tokens2K"]
+    step2, step4 = sorted(p.name for p in ckpts.iterdir())  # stepN-tokensT: T depends on the data
+    assert step2.startswith("step2-tokens") and step4.startswith("step4-tokens"), (step2, step4)
     shards = "optimizer_shards" if config == "fsdp2.yaml" else "deepspeed/policy"
-    assert len(list((ckpts / "step2-tokens939/trainer_state" / shards).glob("*"))) >= 2  # one per process
-    shutil.rmtree(ckpts / "step4-tokens2K")
+    assert len(list((ckpts / step2 / "trainer_state" / shards).glob("*"))) >= 2  # one per process
+    shutil.rmtree(ckpts / step4)
     shutil.rmtree(resumed / "sft/model")
     (resumed / "sft/DONE").unlink()
     r = launch(config, 2, ["run", _recipe(tmp_path, "resumed", "sft", 1, fields)], cache)
