@@ -32,16 +32,13 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
+from processes import processes_with
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_BASE = ROOT / "posttrain" / "models" / "tiny_base"
-
-
-def _processes_with(marker: str) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
 
 
 SETTLE = "import time\ntime.sleep(1)\nassert False"
@@ -97,7 +94,7 @@ def test_hostile_tests_in_rlvr_rows_are_contained(tmp_path, open_folder):
 
     def watch() -> None:
         while not done.is_set():
-            seen.extend(_processes_with(marker))
+            seen.extend(processes_with(marker))
             time.sleep(0.02)
 
     attacks = _attacks(marker, host_files, server.getsockname()[1])
@@ -140,6 +137,6 @@ def test_hostile_tests_in_rlvr_rows_are_contained(tmp_path, open_folder):
     assert not accepted, "a program reached a port on the host"
     assert seen, "the fork bomb's detached sleeper never started"
     deadline = time.monotonic() + 5
-    while _processes_with(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_with(marker), "the detached sleeper outlived the run"
+    assert not processes_with(marker), "the detached sleeper outlived the run"

@@ -10,14 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from processes import processes_with
 from posttrain.verifiers import score_rows
 from posttrain.verifiers.code import Sandbox, verify_code
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _procs_with(marker: str) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
 
 
 def _tree(top: int) -> set[int]:
@@ -92,7 +89,7 @@ def test_infinite_loop_and_fork_bomb_are_killed_in_time(sandbox):
     assert time.monotonic() - t0 < 15
     assert r["results"] == ""
     # nothing left: neither the setsid'ed sleeper nor any forked copy
-    assert not _wait_gone(lambda: _procs_with(marker))
+    assert not _wait_gone(lambda: processes_with(marker))
     assert not _wait_gone(lambda: _left_by_program(sandbox, idle))
     # and the sandbox still works
     assert sandbox.run("x = 1", tests=["assert x == 1"])["results"] == "1"
@@ -185,7 +182,7 @@ def test_hostile_rows_in_a_scoring_run():
     res = score_rows(rows, workers=2, timeout=20)
     assert [r.score for r in res] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.5, pytest.approx(2 / 3)]
     assert res.n_failed == 0  # the sandbox contained them: no verifier timeout or crash
-    assert not _wait_gone(lambda: _procs_with(marker))
+    assert not _wait_gone(lambda: processes_with(marker))
 
 
 def test_direct_verify_code_reasons():
@@ -267,7 +264,7 @@ def test_a_fork_bomb_in_one_test_leaves_the_next_tests_working(sandbox):
     )
     r = sandbox.run(SOLUTION, tests=["assert f(1) == 2", bomb, "assert f(2) == 4"], timeout=2.0, total_timeout=30.0)
     assert r["results"] == "1T1"
-    assert not _wait_gone(lambda: _procs_with(marker))
+    assert not _wait_gone(lambda: processes_with(marker))
     assert not _wait_gone(lambda: _left_by_program(sandbox, idle))
 
 

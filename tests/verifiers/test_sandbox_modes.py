@@ -7,9 +7,9 @@ import stat
 import time
 import uuid
 
-import psutil
 import pytest
 
+from processes import processes_with
 from posttrain.errors import PosttrainError
 from posttrain.verifiers import score_rows
 from posttrain.verifiers.code import (
@@ -165,10 +165,6 @@ def test_the_mode_reaches_the_scoring_workers(no_bwrap_on_path):
     assert res.scores == [1.0] and res.n_failed == 0
 
 
-def _procs_with(marker: str) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())]
-
-
 def test_resource_limits_only_still_kill_what_the_program_left():
     # Without bwrap's pid namespace: a sleeper in a session of its own, and a daemon made
     # the classic way (fork, setsid, fork again, the middle one exits), after a program
@@ -192,6 +188,6 @@ def test_resource_limits_only_still_kill_what_the_program_left():
             res = sb.run(code, tests=[code + t if i == 0 else t for i, t in enumerate(tests)], timeout=2.0)
             assert not sb.sandboxed and res["results"] == expected, res
             assert time.monotonic() - t0 < 20
-            assert _procs_with(marker) == [], tests  # gone when run() returns: no waiting
+            assert processes_with(marker) == [], tests  # gone when run() returns: no waiting
     finally:
         sb.close()
